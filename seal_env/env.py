@@ -1,0 +1,333 @@
+"""SelfAdaptEnv: the Gymnasium contract for self-adaptation, and the step pipeline.
+
+One episode is one context (a passage to learn, an ARC task to solve). The action is a *self-edit*,
+text the environment turns into training data and settings. ``step()`` runs
+
+    validate -> plan training (subclass) -> LoRA update (inner loop) -> evaluate (subclass) -> reward
+
+and restores the inner model, whose base weights are never written. The reward is exactly 1.0 when
+the adapted model's score beats the baseline's by more than ``reward_margin``, else 0.0.
+
+A new task subclasses :class:`SelfAdaptEnv` and overrides four methods:
+
+* :meth:`~SelfAdaptEnv.render_prompt` – the observation's ``prompt`` for a context;
+* :meth:`~SelfAdaptEnv.self_edit_to_examples` – self-edit -> training examples (raise
+  :class:`SelfEditError` for unusable ones), or :meth:`~SelfAdaptEnv.plan_training` to also choose
+  the training settings;
+* :meth:`~SelfAdaptEnv.evaluate` – score a (possibly adapted) model on a context;
+* optionally :meth:`~SelfAdaptEnv.render_context` and :meth:`~SelfAdaptEnv.baseline_plan`.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Generic, Sequence, TypeVar
+
+import gymnasium as gym
+import torch
+from gymnasium import spaces
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from seal_env.inner_loop import InnerLoopConfig, adapted
+from seal_env.lm import TrainingExample
+from seal_env.models import load_model
+
+ContextT = TypeVar("ContextT")
+
+DEFAULT_MAX_SELF_EDIT_CHARS = 16_000
+_OBSERVATION_MAX_CHARS = 1_000_000
+_ALLOWED_CONTROL_CHARS = {"\n", "\t", "\r"}
+
+
+class SelfEditError(ValueError):
+    """A self-edit the environment cannot use. ``step()`` turns it into reward 0.0 and ``info["error"]``."""
+
+
+class UnicodeText(spaces.Text):
+    """Any Python ``str`` whose length lies in ``[min_length, max_length]``.
+
+    Gymnasium's ``Text`` accepts only the characters of its charset (alphanumerics by default), but a
+    self-edit or passage may hold any Unicode text; this space checks type and length only. Samples
+    are drawn from printable ASCII.
+    """
+
+    def __init__(self, max_length: int, *, min_length: int = 0, seed: int | None = None):
+        super().__init__(max_length, min_length=min_length, charset=string.printable, seed=seed)
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+
+    def __repr__(self) -> str:
+        return f"UnicodeText({self.min_length}, {self.max_length})"
+
+
+class Seconds(float):
+    """A wall-clock duration in ``info``.
+
+    Durations differ from run to run although the transition is the same, so two ``Seconds`` compare
+    equal to each other: equal ``info`` dicts then mean an equal transition (Gymnasium's
+    ``check_env`` compares the ``info`` of two identical steps). Use ``float(x)`` for the value.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Seconds)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = float.__hash__
+
+
+@dataclass
+class Evaluation:
+    """A model's result on one context: the reward metric's value, all metrics, per-item detail."""
+
+    score: float
+    metrics: dict[str, float]
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainingPlan:
+    """What a self-edit asks for: training examples and inner-loop settings, plus notes for ``info``
+    (e.g. settings that were clamped)."""
+
+    examples: list[TrainingExample]
+    config: InnerLoopConfig
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def check_self_edit_text(self_edit: Any, max_chars: int) -> str | None:
+    """Why a self-edit cannot be used as text, or None when it can."""
+    if not isinstance(self_edit, str):
+        return f"self-edit must be a str, got {type(self_edit).__name__}"
+    if len(self_edit) > max_chars:
+        return f"self-edit is {len(self_edit)} characters long; the limit is {max_chars}"
+    if not self_edit.strip():
+        return "self-edit is empty or whitespace only"
+    try:
+        self_edit.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"self-edit is not valid Unicode text (lone surrogate at position {exc.start})"
+    for position, ch in enumerate(self_edit):
+        if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROL_CHARS:
+            return f"self-edit contains control character U+{ord(ch):04X} at position {position}"
+    return None
+
+
+class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
+    """Base class of self-adaptation environments (one context per episode, one step per episode).
+
+    Args:
+        contexts: the contexts episodes draw from.
+        model: ``None`` for the embedded default model, a Hugging Face id or local path, or a loaded
+            ``(model, tokenizer)`` pair. Loaded models are shared between environments in a process;
+            steps never change their weights.
+        inner_loop: LoRA settings of each update (default :class:`InnerLoopConfig`).
+        reward_margin: reward is 1.0 iff ``score > baseline_score + reward_margin``.
+        max_self_edit_chars: longer self-edits are rejected (reward 0.0, ``info["error"]``).
+        max_train_examples: a self-edit yielding more examples is cut to this many (reported).
+        device: where to load a model given by name (default: CUDA if present, else CPU).
+        render_mode: ``None`` or ``"ansi"`` (text summary of the last step).
+
+    Observations are dicts ``{"prompt": str, "context": str}``: ``prompt`` is what a generator
+    continues to write a self-edit; ``context`` is the raw context as text.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        contexts: Sequence[ContextT],
+        *,
+        model: str | tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+        inner_loop: InnerLoopConfig | None = None,
+        reward_margin: float = 0.0,
+        max_self_edit_chars: int = DEFAULT_MAX_SELF_EDIT_CHARS,
+        max_train_examples: int = 64,
+        device: str | torch.device | None = None,
+        render_mode: str | None = None,
+    ):
+        if not contexts:
+            raise ValueError(f"{type(self).__name__} needs at least one context")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.contexts = list(contexts)
+        if isinstance(model, tuple):
+            self.model, self.tokenizer = model
+        else:
+            self.model, self.tokenizer = load_model(model, device=device)
+        self.inner_loop = inner_loop or InnerLoopConfig()
+        self.reward_margin = reward_margin
+        self.max_self_edit_chars = max_self_edit_chars
+        self.max_train_examples = max_train_examples
+        self.render_mode = render_mode
+        self.action_space = UnicodeText(max_self_edit_chars)
+        self.observation_space = spaces.Dict(
+            {"prompt": UnicodeText(_OBSERVATION_MAX_CHARS), "context": UnicodeText(_OBSERVATION_MAX_CHARS)}
+        )
+        self._index: int | None = None
+        self._baselines: dict[int, Evaluation] = {}
+        self._last_info: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ hooks for subclasses
+
+    def render_prompt(self, context: ContextT) -> str:
+        """The instruction a generator continues to write a self-edit for ``context``."""
+        raise NotImplementedError
+
+    def render_context(self, context: ContextT) -> str:
+        """The context as text, for ``obs["context"]``."""
+        return str(context)
+
+    def self_edit_to_examples(self, self_edit: str, context: ContextT) -> list[TrainingExample]:
+        """Training examples made from a self-edit; raise :class:`SelfEditError` if unusable."""
+        raise NotImplementedError
+
+    def plan_training(self, self_edit: str, context: ContextT) -> TrainingPlan:
+        """Examples and settings of the update; by default the env's ``inner_loop`` settings."""
+        return TrainingPlan(self.self_edit_to_examples(self_edit, context), self.inner_loop)
+
+    def evaluate(self, model: torch.nn.Module, context: ContextT) -> Evaluation:
+        """Score ``model`` on ``context``. Called under ``torch.no_grad()``."""
+        raise NotImplementedError
+
+    def baseline_plan(self, context: ContextT) -> TrainingPlan | None:
+        """The update the baseline is measured after; ``None`` (default) means no update."""
+        return None
+
+    # ------------------------------------------------------------------ Gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Start an episode on ``options["index"]``, else on a context drawn with ``np_random``."""
+        super().reset(seed=seed)
+        options = options or {}
+        if "index" in options:
+            index = options["index"]
+            if not isinstance(index, int) or not 0 <= index < len(self.contexts):
+                raise ValueError(f"options['index'] must be an int in [0, {len(self.contexts)}), got {index!r}")
+        else:
+            index = int(self.np_random.integers(len(self.contexts)))
+        self._index = index
+        self._last_info = None
+        return self._observation(), {"context_index": index}
+
+    def step(self, action: str) -> tuple[dict, float, bool, bool, dict[str, Any]]:
+        """Adapt on the self-edit ``action``, evaluate, and reward improvement over the baseline.
+
+        Never raises for a bad self-edit: it yields reward 0.0 with the reason in ``info["error"]``.
+        """
+        if self._index is None:
+            raise RuntimeError("call reset() before step()")
+        context = self.contexts[self._index]
+        baseline = self.baseline(self._index)
+        info: dict[str, Any] = {
+            "context_index": self._index,
+            "error": None,
+            # None marks a value that was not measured (NaN would make equal infos compare unequal).
+            "score": None,
+            "baseline_score": baseline.score,
+            "gain": None,
+            "metrics": {},
+            "baseline_metrics": dict(baseline.metrics),
+            "train_loss": None,
+            "n_train_examples": 0,
+            "n_train_tokens": 0,
+            "train_seconds": Seconds(0.0),
+            "eval_seconds": Seconds(0.0),
+            "items": [],
+            "notes": {},
+        }
+        plan = self._plan(action, context, info)
+        reward = 0.0
+        if plan is not None:
+            evaluation = self._adapt_and_evaluate(plan, context, info)
+            if evaluation is not None:
+                info.update(score=evaluation.score, gain=evaluation.score - baseline.score)
+                info.update(metrics=dict(evaluation.metrics), items=evaluation.items)
+                reward = 1.0 if evaluation.score > baseline.score + self.reward_margin else 0.0
+        self._last_info = info
+        return self._observation(), reward, True, False, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        if self._index is None:
+            return "no episode yet"
+        if self._last_info is None:
+            return f"context {self._index}: waiting for a self-edit"
+        i = self._last_info
+        if i["error"]:
+            return f"context {i['context_index']}: self-edit rejected: {i['error']}"
+        return (
+            f"context {i['context_index']}: score {i['score']:.4f} vs baseline {i['baseline_score']:.4f} "
+            f"(gain {i['gain']:+.4f}); {i['n_train_examples']} examples, loss {i['train_loss']:.3f}, "
+            f"train {float(i['train_seconds']):.1f}s, eval {float(i['eval_seconds']):.1f}s"
+        )
+
+    # ------------------------------------------------------------------ pipeline
+
+    def baseline(self, index: int) -> Evaluation:
+        """The baseline evaluation of context ``index``, computed once and cached."""
+        if index not in self._baselines:
+            context = self.contexts[index]
+            plan = self.baseline_plan(context)
+            if plan is None:
+                with torch.no_grad():
+                    self._baselines[index] = self.evaluate(self.model, context)
+            else:
+                with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
+                    if run.result.error:
+                        raise RuntimeError(f"baseline update of context {index} failed: {run.result.error}")
+                    with torch.no_grad():
+                        self._baselines[index] = self.evaluate(run.model, context)
+        return self._baselines[index]
+
+    def clear_baseline_cache(self) -> None:
+        """Forget cached baselines (after changing the inner model, say)."""
+        self._baselines.clear()
+
+    def _observation(self) -> dict[str, str]:
+        context = self.contexts[self._index]
+        return {"prompt": self.render_prompt(context), "context": self.render_context(context)}
+
+    def _plan(self, self_edit: Any, context: ContextT, info: dict[str, Any]) -> TrainingPlan | None:
+        error = check_self_edit_text(self_edit, self.max_self_edit_chars)
+        if error is None:
+            try:
+                plan = self.plan_training(self_edit, context)
+            except SelfEditError as exc:
+                error = str(exc)
+        if error is None and not plan.examples:
+            error = "self-edit yields no training examples"
+        if error is not None:
+            info["error"] = error
+            return None
+        if len(plan.examples) > self.max_train_examples:
+            plan.notes["examples_dropped"] = len(plan.examples) - self.max_train_examples
+            plan.examples = plan.examples[: self.max_train_examples]
+        info["notes"] = plan.notes
+        return plan
+
+    def _adapt_and_evaluate(self, plan: TrainingPlan, context: ContextT, info: dict[str, Any]) -> Evaluation | None:
+        with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
+            result = run.result
+            info.update(
+                train_loss=result.final_loss if result.epoch_losses else None,
+                n_train_examples=result.n_examples,
+                n_train_tokens=result.n_train_tokens,
+                train_seconds=Seconds(result.seconds),
+            )
+            if result.n_truncated:
+                info["notes"]["examples_truncated"] = result.n_truncated
+            if result.error:
+                info["error"] = result.error
+                return None
+            start = time.perf_counter()
+            with torch.no_grad():
+                evaluation = self.evaluate(run.model, context)
+            info["eval_seconds"] = Seconds(time.perf_counter() - start)
+        return evaluation

@@ -1,0 +1,245 @@
+"""Knowledge incorporation (SEAL §4.1): learn a passage's facts from self-written training data.
+
+The observation asks for a self-edit of a passage (implications by default, as in the paper). Each
+line of the self-edit becomes one training sequence; after the LoRA update the model answers the
+passage's questions with NO passage in its prompt (closed-book QA), graded by SQuAD exact match and
+token F1 and by whether the answer contains the gold span, plus the mean log-likelihood of the gold
+answers as a dense score.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from seal_env.env import Evaluation, SelfAdaptEnv, SelfEditError, TrainingPlan
+from seal_env.inner_loop import InnerLoopConfig
+from seal_env.lm import TrainingExample, chat_prompt, generate
+from seal_env.scoring import answer_log_likelihoods, contains_answer, exact_match, token_f1
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    answers: tuple[str, ...]
+    """Gold answers; the best-matching one counts."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    title: str
+    context: str
+    questions: tuple[Question, ...]
+    self_edits: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
+    """Optional self-edits written by external models, by generator name (benchmark data)."""
+
+
+# The paper's self-edit formats (SEAL §B.3 and the release's data-generation templates).
+SELF_EDIT_PROMPTS: dict[str, str] = {
+    "implications": (
+        "Let's read the following passage and produce a list of implications derived directly or "
+        "indirectly from the content.\n\nPassage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+    "implications-long": (
+        "Let's read the following passage and produce a long list of detailed implications derived "
+        "directly or indirectly from the content, one per line.\n\nPassage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+    "rewrite": (
+        "Let's read the following passage and rewrite it in a few different ways, each one separated "
+        "by a newline.\n\nPassage:\n{title}\n{context}\n\nRewritten passages:\n"
+    ),
+    "self-qa": (
+        "Let's read the following passage and then write questions about it, each followed by its "
+        "answer, in the form 'Question: ... Answer: ...', one pair per line.\n\nPassage:\n{title}\n{context}\n\n"
+        "Questions and answers:\n"
+    ),
+}
+
+QUESTION_SYSTEM_PROMPT = "Answer the question with a short phrase. Do not explain."
+REWARD_METRICS = ("log_likelihood", "f1", "exact_match", "contains")
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s+")
+
+
+def self_edit_lines(self_edit: str) -> list[str]:
+    """The non-empty lines of a self-edit with list markers ("1.", "-", "a)") removed.
+
+    Follows the paper's rule for instruction-tuned generators: when the second line starts with
+    "1.", the first line is preamble ("Sure, here are...") and is dropped.
+    """
+    lines = [line.strip() for line in self_edit.splitlines() if line.strip()]
+    if len(lines) >= 2 and lines[1].startswith("1."):
+        lines = lines[1:]
+    return [text for text in (_LIST_MARKER.sub("", line).strip() for line in lines) if text]
+
+
+def _check_passage(raw: Any, where: str) -> Passage:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+    for key in ("context", "questions"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing key {key!r}")
+    if not isinstance(raw["context"], str) or not raw["context"].strip():
+        raise ValueError(f"{where}: 'context' must be a non-empty string")
+    if not isinstance(raw["questions"], list) or not raw["questions"]:
+        raise ValueError(f"{where}: 'questions' must be a non-empty list")
+    questions = []
+    for j, q in enumerate(raw["questions"]):
+        if not isinstance(q, dict) or not isinstance(q.get("question"), str):
+            raise ValueError(f"{where}, question {j}: expected {{'question': str, 'answer': str}}")
+        answers = q.get("answers", q.get("answer"))
+        answers = [answers] if isinstance(answers, str) else answers
+        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise ValueError(f"{where}, question {j}: 'answer' must be a non-empty string (or 'answers' a list of them)")
+        questions.append(Question(q["question"], tuple(answers)))
+    self_edits = raw.get("self_edits") or {}
+    if not isinstance(self_edits, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in self_edits.values()
+    ):
+        raise ValueError(f"{where}: 'self_edits' must map generator names to lists of strings")
+    return Passage(str(raw.get("title", "")), raw["context"], tuple(questions), dict(self_edits))
+
+
+def parse_passages(data: Any, source: str = "<data>") -> list[Passage]:
+    """Passages from our layout ``[{title, context, questions: [{question, answer}]}]`` or from the
+    official SQuAD v1.1 layout ``{"data": [{title, paragraphs: [{context, qas}]}]}``.
+
+    Raises ``ValueError`` naming ``source`` and the problem.
+    """
+    if isinstance(data, dict) and "data" in data:  # official SQuAD layout
+        if not isinstance(data["data"], list):
+            raise ValueError(f"{source}: SQuAD layout needs 'data' to be a list of articles")
+        flat = []
+        for a, article in enumerate(data["data"]):
+            for p, paragraph in enumerate(article.get("paragraphs", []) if isinstance(article, dict) else []):
+                if not isinstance(paragraph, dict):
+                    raise ValueError(f"{source}: article {a}, paragraph {p} is not an object")
+                qas = [
+                    {"question": qa.get("question"), "answers": [ans.get("text") for ans in qa.get("answers", [])]}
+                    for qa in paragraph.get("qas", [])
+                    if isinstance(qa, dict)
+                ]
+                flat.append({"title": article.get("title", ""), "context": paragraph.get("context"), "questions": qas})
+        data = flat
+    if not isinstance(data, list):
+        raise ValueError(f"{source}: expected a list of passages or a SQuAD v1.1 object with 'data'")
+    if not data:
+        raise ValueError(f"{source}: no passages")
+    return [_check_passage(raw, f"{source}: passage {i}") for i, raw in enumerate(data)]
+
+
+def load_passages(path: str | Path | None = None) -> list[Passage]:
+    """Passages from a JSON file (see :func:`parse_passages`); ``None`` for the built-in demo set."""
+    if path is None:
+        text = resources.files("seal_env.data").joinpath("demo_passages.json").read_text(encoding="utf-8")
+        return parse_passages(json.loads(text), "built-in demo_passages.json")
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such passages file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return parse_passages(data, str(path))
+
+
+class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
+    """Learn a passage from a self-edit, then answer its questions without it.
+
+    Args:
+        passages: a list of :class:`Passage`, a path to a passages JSON file, or ``None`` for the
+            built-in demo set (invented facts a small model cannot know already).
+        self_edit_format: which prompt the observation carries: ``"implications"`` (default, as in
+            the paper), ``"implications-long"``, ``"rewrite"`` or ``"self-qa"``.
+        reward_metric: the score that decides the reward: ``"log_likelihood"`` (default: mean
+            per-token log-likelihood of the gold answers; dense, and the embedded model rarely gets
+            answers exactly right, so text metrics are almost always 0), ``"f1"``,
+            ``"exact_match"`` or ``"contains"``.
+        baseline: ``"base"`` (the un-updated model, the paper's definition) or ``"passage"`` (the
+            model updated on the raw passage alone: rewards self-edits that beat plain reading).
+        include_passage: also train on the passage itself (the paper's "passage + self-edit").
+        split_lines: one training sequence per line (paper's single-passage setting) or the whole
+            self-edit as one sequence (its multi-passage setting).
+        max_answer_tokens: greedy answer length.
+        **kwargs: see :class:`~seal_env.env.SelfAdaptEnv` (model, inner_loop, reward_margin, ...).
+    """
+
+    def __init__(
+        self,
+        passages: Sequence[Passage] | str | Path | None = None,
+        *,
+        self_edit_format: str = "implications",
+        reward_metric: str = "log_likelihood",
+        baseline: str = "base",
+        include_passage: bool = False,
+        split_lines: bool = True,
+        max_answer_tokens: int = 24,
+        **kwargs: Any,
+    ):
+        if self_edit_format not in SELF_EDIT_PROMPTS:
+            raise ValueError(f"self_edit_format must be one of {sorted(SELF_EDIT_PROMPTS)}, got {self_edit_format!r}")
+        if reward_metric not in REWARD_METRICS:
+            raise ValueError(f"reward_metric must be one of {REWARD_METRICS}, got {reward_metric!r}")
+        if baseline not in ("base", "passage"):
+            raise ValueError(f"baseline must be 'base' or 'passage', got {baseline!r}")
+        if passages is None or isinstance(passages, (str, Path)):
+            passages = load_passages(passages)
+        super().__init__(passages, **kwargs)
+        self.self_edit_format = self_edit_format
+        self.reward_metric = reward_metric
+        self.baseline_mode = baseline
+        self.include_passage = include_passage
+        self.split_lines = split_lines
+        self.max_answer_tokens = max_answer_tokens
+
+    def render_prompt(self, passage: Passage) -> str:
+        return SELF_EDIT_PROMPTS[self.self_edit_format].format(title=passage.title, context=passage.context)
+
+    def render_context(self, passage: Passage) -> str:
+        return f"{passage.title}\n{passage.context}" if passage.title else passage.context
+
+    def self_edit_to_examples(self, self_edit: str, passage: Passage) -> list[TrainingExample]:
+        texts = self_edit_lines(self_edit) if self.split_lines else [self_edit.strip()]
+        if not texts:
+            raise SelfEditError("self-edit has no usable lines")
+        if self.include_passage:
+            texts = [self.render_context(passage)] + texts
+        return [TrainingExample(text) for text in texts]
+
+    def baseline_plan(self, passage: Passage) -> TrainingPlan | None:
+        if self.baseline_mode == "base":
+            return None
+        return TrainingPlan([TrainingExample(self.render_context(passage))], self.inner_loop)
+
+    def question_prompts(self, passage: Passage) -> list[str]:
+        """Closed-book prompts: the question alone, in the model's chat format."""
+        return [chat_prompt(self.tokenizer, q.question, system=QUESTION_SYSTEM_PROMPT) for q in passage.questions]
+
+    def evaluate(self, model: torch.nn.Module, passage: Passage) -> Evaluation:
+        prompts = self.question_prompts(passage)
+        predictions = [
+            out[0].strip() for out in generate(model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens)
+        ]
+        log_likelihoods = answer_log_likelihoods(
+            model, self.tokenizer, prompts, [q.answers[0] for q in passage.questions]
+        )
+        items = [
+            {
+                "question": q.question,
+                "answers": list(q.answers),
+                "prediction": prediction,
+                "exact_match": exact_match(prediction, q.answers),
+                "f1": token_f1(prediction, q.answers),
+                "contains": contains_answer(prediction, q.answers),
+                "log_likelihood": ll,
+            }
+            for q, prediction, ll in zip(passage.questions, predictions, log_likelihoods)
+        ]
+        metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS}
+        return Evaluation(metrics[self.reward_metric], metrics, items)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny randomly initialised Llama model (fast) and the real default model (slow)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from seal_env.models import load_model, load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer (a real BPE vocabulary with a chat template)."""
+    return load_tokenizer(None)
+
+
+def make_tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer Llama with the default tokenizer's vocabulary: same code paths, ~100x faster."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@pytest.fixture
+def tiny_lm(tokenizer):
+    """``(model, tokenizer)`` of a fresh tiny model (function scope: tests may not share state)."""
+    return make_tiny_model(tokenizer), tokenizer
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    """The real embedded default model (SmolLM2-135M-Instruct); for the few end-to-end tests."""
+    return load_model(None, device="cpu")
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer, to prove weights are bit-identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
