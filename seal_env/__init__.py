@@ -19,6 +19,7 @@ from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, Questio
 __version__ = "0.1.0"
 
 register(id="seal_env/KnowledgeIncorporation-v0", entry_point="seal_env.tasks.knowledge:KnowledgeIncorporationEnv")
+register(id="seal_env/FewShotARC-v0", entry_point="seal_env.tasks.arc:FewShotARCEnv")
 
 __all__ = [
     "Evaluation",

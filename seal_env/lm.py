@@ -187,3 +187,38 @@ def generate(
         tokenizer.padding_side, tokenizer.truncation_side = sides
         model.train(was_training)
     return outputs
+
+
+def sample_self_edits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    observation_prompts: Sequence[str],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[list[str]]:
+    """``n`` self-edits per observation prompt (``obs["prompt"]``), written by ``model`` as a chat reply.
+
+    ``seed`` makes sampling reproducible without touching the caller's random state.
+    """
+    prompts = [chat_prompt(tokenizer, p) for p in observation_prompts]
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            num_return_sequences=n,
+            batch_size=batch_size,
+            progress=progress,
+        )
