@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Sequence
@@ -213,7 +214,10 @@ def adapted(
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        peft_model = get_peft_model(model, config.lora_config())
+        with warnings.catch_warnings():
+            # PEFT calls a Transformers method deprecated in v5; the warning would repeat on every step.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config.lora_config())
         try:
             result = train_lora(peft_model, tokenizer, examples, config)
             yield Adaptation(peft_model, result)

@@ -64,7 +64,7 @@ SELF_EDIT_PROMPTS: dict[str, str] = {
 QUESTION_SYSTEM_PROMPT = "Answer the question with a short phrase. Do not explain."
 REWARD_METRICS = ("log_likelihood", "f1", "exact_match", "contains")
 
-_LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s+")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-z][.)])(?:\s+|$)")
 
 
 def self_edit_lines(self_edit: str) -> list[str]:

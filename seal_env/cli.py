@@ -1,0 +1,164 @@
+"""The ``seal-env`` command line.
+
+Subcommands:
+
+* ``seal-env demo`` – show a context, sample self-edits from a model, step the environment on each and
+  print a table of rewards, scores and timings.
+* ``seal-env train`` – train a self-edit generator with an agent (ReST-EM or GRPO); see ``agents.cli``.
+* ``seal-env envs`` – list the registered environment ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Sequence
+
+import gymnasium as gym
+
+from seal_env.inner_loop import InnerLoopConfig
+
+_INNER_LOOP_OPTIONS = {
+    "rank": "LoRA rank",
+    "alpha": "LoRA alpha",
+    "learning_rate": "inner-loop learning rate",
+    "epochs": "inner-loop epochs",
+    "batch_size": "inner-loop batch size",
+    "max_tokens_per_example": "truncate training sequences to this many tokens",
+    "loss_on": "train on 'all' tokens or only the 'completion'",
+    "seed": "seed of adapter initialisation and shuffling",
+}
+
+
+def add_inner_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--inner-*`` options overriding :class:`InnerLoopConfig` fields (default: the env's preset)."""
+    group = parser.add_argument_group("inner loop (LoRA update per self-edit)")
+    group.add_argument(
+        "--inner-preset", choices=["default", "seal"], default="default",
+        help="'default': tuned for the embedded model on CPU; 'seal': the paper's r=32, alpha=64, 10 epochs",
+    )
+    types = {f.name: f.type for f in fields(InnerLoopConfig)}
+    defaults = InnerLoopConfig()
+    for name, text in _INNER_LOOP_OPTIONS.items():
+        kind = {"int": int, "float": float, "str": str}[str(types[name])]
+        group.add_argument(
+            f"--inner-{name.replace('_', '-')}", dest=f"inner_{name}", type=kind, default=None,
+            help=f"{text} (default preset: {getattr(defaults, name)})",
+        )
+
+
+def inner_loop_from_args(args: argparse.Namespace) -> InnerLoopConfig:
+    overrides = {n: getattr(args, f"inner_{n}") for n in _INNER_LOOP_OPTIONS if getattr(args, f"inner_{n}") is not None}
+    return InnerLoopConfig.seal(**overrides) if args.inner_preset == "seal" else InnerLoopConfig(**overrides)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from seal_env.lm import sample_self_edits
+    from seal_env.models import load_model
+
+    env_kwargs = dict(model=args.model, inner_loop=inner_loop_from_args(args), reward_margin=args.reward_margin)
+    if args.env == "seal_env/KnowledgeIncorporation-v0":
+        env_kwargs.update(passages=args.data, reward_metric=args.reward_metric, baseline=args.baseline)
+    elif args.data:
+        env_kwargs["tasks"] = args.data
+    env = gym.make(args.env, **env_kwargs)
+    base_env = env.unwrapped
+    obs, info = env.reset(seed=args.seed, options={"index": args.index} if args.index is not None else None)
+    print(f"== context {info['context_index']} ==\n{obs['context']}\n")
+    print("== prompt ==\n" + obs["prompt"])
+    generator, tokenizer = (base_env.model, base_env.tokenizer) if args.generator is None else load_model(args.generator)
+    self_edits = sample_self_edits(
+        generator, tokenizer, [obs["prompt"]], n=args.num_self_edits, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True,
+    )[0]
+    print("computing the baseline ...", flush=True)
+    baseline = base_env.baseline(info["context_index"])
+    rows = []
+    for k, self_edit in enumerate(tqdm(self_edits, desc="stepping self-edits")):
+        env.reset(options={"index": info["context_index"]})
+        _, reward, _, _, step_info = env.step(self_edit)
+        rows.append((k, reward, step_info))
+        print(f"\n-- self-edit {k} --\n{self_edit.strip()}")
+        if step_info["error"]:
+            print(f"   (rejected: {step_info['error']})")
+    metric_names = list(baseline.metrics)
+    header = ["#", "reward", "score", "gain", *metric_names, "train s", "eval s", "examples"]
+    table = [["base", "", f"{baseline.score:.3f}", "", *(f"{baseline.metrics[m]:.3f}" for m in metric_names), "", "", ""]]
+    for k, reward, i in rows:
+        table.append([
+            str(k), f"{reward:.0f}",
+            "-" if i["score"] is None else f"{i['score']:.3f}",
+            "-" if i["gain"] is None else f"{i['gain']:+.3f}",
+            *(f"{i['metrics'][m]:.3f}" if m in i["metrics"] else "-" for m in metric_names),
+            f"{float(i['train_seconds']):.1f}", f"{float(i['eval_seconds']):.1f}", str(i["n_train_examples"]),
+        ])
+    widths = [max(len(r[c]) for r in [header, *table]) for c in range(len(header))]
+    print("\n" + "  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for r in table:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(
+                {"context_index": info["context_index"], "baseline": baseline.metrics,
+                 "steps": [{"self_edit": s, "reward": r, **{k: i[k] for k in ("score", "gain", "metrics", "error")},
+                            "train_seconds": float(i["train_seconds"]), "eval_seconds": float(i["eval_seconds"])}
+                           for s, (_, r, i) in zip(self_edits, rows)]},
+                f, indent=2, default=str,
+            )
+    return 0
+
+
+def _envs(_: argparse.Namespace) -> int:
+    for env_id in sorted(gym.registry):
+        if env_id.startswith("seal_env/"):
+            print(env_id)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seal-env", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="sample self-edits for one context and step the environment on each",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("--env", default="seal_env/KnowledgeIncorporation-v0", help="registered environment id")
+    demo.add_argument("--model", default=None, help="inner model: HF id or local path (default: the embedded SmolLM2-135M-Instruct)")
+    demo.add_argument("--generator", default=None, help="model that writes self-edits (default: the inner model)")
+    demo.add_argument("--data", default=None, help="contexts file (passages JSON for knowledge incorporation); default: built-in demo set")
+    demo.add_argument("--index", type=int, default=None, help="context index (default: drawn from --seed)")
+    demo.add_argument("--num-self-edits", type=int, default=3, help="self-edits to sample and step")
+    demo.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the generator")
+    demo.add_argument("--max-new-tokens", type=int, default=160, help="self-edit length limit in tokens")
+    demo.add_argument("--reward-metric", default="log_likelihood", help="knowledge env: log_likelihood, f1, exact_match or contains")
+    demo.add_argument("--baseline", default="base", help="knowledge env: 'base' (un-updated model) or 'passage' (trained on the passage)")
+    demo.add_argument("--reward-margin", type=float, default=0.0, help="reward is 1 iff score > baseline + margin")
+    demo.add_argument("--seed", type=int, default=0, help="seed of context choice and sampling")
+    demo.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_inner_loop_arguments(demo)
+    demo.set_defaults(handler=_demo)
+
+    train = sub.add_parser("train", help="train a self-edit generator with an RL agent (ReST-EM or GRPO)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from agents.cli import add_train_arguments, run_train
+
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
+
+    envs = sub.add_parser("envs", help="list the registered environment ids")
+    envs.set_defaults(handler=_envs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import seal_env  # noqa: F401  (registers the environments)
+
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The environment contract (DESIGN.md) on the knowledge-incorporation env with a tiny model."""
+
+import json
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import seal_env  # noqa: F401  (registers the ids)
+from conftest import weights_digest
+from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv, Passage, Question, load_passages
+from seal_env.env import Seconds
+from seal_env.tasks.knowledge import parse_passages, self_edit_lines
+
+FAST = InnerLoopConfig(epochs=1)
+PASSAGES = [
+    Passage("Velmora Bridge", "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
+            (Question("Who designed the Velmora Bridge?", ("Talia Norwin",)),
+             Question("What colour is the Velmora Bridge?", ("ochre",)))),
+    Passage("Quell Lake", "Quell Lake lies in the Tarn Valley and freezes every March.",
+            (Question("Where is Quell Lake?", ("the Tarn Valley",)),)),
+]
+SELF_EDIT = "1. Talia Norwin designed the Velmora Bridge.\n2. The Velmora Bridge is painted ochre."
+INFO_KEYS = {"score", "baseline_score", "gain", "train_loss", "n_train_examples", "n_train_tokens",
+             "train_seconds", "eval_seconds", "items", "error", "metrics", "baseline_metrics", "notes", "context_index"}
+
+
+@pytest.fixture
+def env(tiny_lm):
+    return KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, max_answer_tokens=4)
+
+
+def test_reset_and_step_follow_the_gymnasium_contract(env):
+    obs, info = env.reset(seed=0, options={"index": 0})
+    assert obs in env.observation_space and set(obs) == {"prompt", "context"}
+    assert "Talia Norwin" in obs["prompt"] and "Implications" in obs["prompt"]
+    assert info["context_index"] == 0
+    obs, reward, terminated, truncated, info = env.step(SELF_EDIT)
+    assert obs in env.observation_space
+    assert reward in (0.0, 1.0) and type(reward) is float
+    assert terminated is True and truncated is False
+    assert INFO_KEYS <= set(info)
+    assert info["error"] is None and info["n_train_examples"] == 2
+    assert reward == float(info["score"] > info["baseline_score"])
+    assert info["gain"] == pytest.approx(info["score"] - info["baseline_score"])
+    assert [item["question"] for item in info["items"]] == [q.question for q in PASSAGES[0].questions]
+    assert {"prediction", "exact_match", "f1", "contains", "log_likelihood"} <= set(info["items"][0])
+
+
+def test_action_space_accepts_real_self_edits(env):
+    assert "Ünïcode — “quotes”, emoji 🌉\nand newlines" in env.action_space
+    assert "x" * (env.max_self_edit_chars + 1) not in env.action_space
+    assert 42 not in env.action_space
+
+
+def test_step_leaves_base_weights_unchanged(env):
+    before = weights_digest(env.model)
+    env.reset(options={"index": 0})
+    env.step(SELF_EDIT)
+    assert weights_digest(env.model) == before
+
+
+def test_same_seed_gives_same_reward_and_scores(tokenizer):
+    from conftest import make_tiny_model
+
+    results = []
+    for _ in range(2):
+        env = KnowledgeIncorporationEnv(PASSAGES, model=(make_tiny_model(tokenizer), tokenizer), inner_loop=FAST,
+                                        max_answer_tokens=4)
+        obs, _ = env.reset(seed=7)
+        _, reward, _, _, info = env.step(SELF_EDIT)
+        results.append((obs, reward, info["score"], info["baseline_score"], info["items"]))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "bad_self_edit, reason",
+    [
+        ("", "empty"),
+        ("   \t  ", "empty"),
+        ("\n\n\n", "empty"),
+        ("x" * 1_000_000, "limit"),
+        ("a fact\x00with a NUL", "control character"),
+        ("bell \x07 ring", "control character"),
+        ("lone \ud800 surrogate", "surrogate"),
+        ("- \n* \n1. ", "no usable lines"),
+        (b"bytes are not text", "must be a str"),
+    ],
+)
+def test_bad_self_edit_gives_zero_reward_and_an_error(env, bad_self_edit, reason):
+    before = weights_digest(env.model)
+    env.reset(options={"index": 0})
+    _, reward, terminated, _, info = env.step(bad_self_edit)
+    assert reward == 0.0 and terminated
+    assert info["error"] and reason in info["error"]
+    assert info["score"] is None and info["n_train_examples"] == 0
+    assert weights_digest(env.model) == before
+
+
+def test_nan_loss_gives_zero_reward_and_leaves_the_model(tiny_lm):
+    env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=InnerLoopConfig(learning_rate=1e30, epochs=2),
+                                    max_answer_tokens=4)
+    before = weights_digest(env.model)
+    env.reset(options={"index": 0})
+    _, reward, _, _, info = env.step(SELF_EDIT)
+    assert reward == 0.0 and "non-finite" in info["error"]
+    assert weights_digest(env.model) == before
+
+
+def test_baseline_is_computed_once_per_context(env, monkeypatch):
+    calls = []
+    original = env.evaluate
+    monkeypatch.setattr(env, "evaluate", lambda model, p: calls.append(p.title) or original(model, p))
+    for _ in range(2):
+        env.reset(options={"index": 1})
+        env.step("Quell Lake lies in the Tarn Valley.")
+    assert calls.count("Quell Lake") == 3  # one baseline + two adapted evaluations
+    env.clear_baseline_cache()
+    env.reset(options={"index": 1})
+    env.step("Quell Lake lies in the Tarn Valley.")
+    assert calls.count("Quell Lake") == 5
+
+
+def test_passage_baseline_and_margin(tiny_lm):
+    env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, baseline="passage",
+                                    reward_margin=1e9, max_answer_tokens=4)
+    env.reset(options={"index": 0})
+    _, reward, _, _, info = env.step(SELF_EDIT)
+    base_only = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, max_answer_tokens=4)
+    assert info["baseline_score"] != base_only.baseline(0).score  # the passage-trained model is the baseline
+    assert reward == 0.0  # no gain clears an enormous margin
+
+
+def test_options_and_render(env, tiny_lm):
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(SELF_EDIT)
+    with pytest.raises(ValueError, match="index"):
+        env.reset(options={"index": 99})
+    ansi = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, render_mode="ansi", max_answer_tokens=4)
+    ansi.reset(options={"index": 0})
+    ansi.step("")
+    assert "rejected" in ansi.render()
+    with pytest.raises(ValueError, match="render_mode"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, render_mode="human")
+    with pytest.raises(ValueError, match="reward_metric"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="bleu")
+
+
+@pytest.mark.parametrize("fmt, word", [("rewrite", "rewrite"), ("self-qa", "questions"), ("implications-long", "long")])
+def test_other_self_edit_formats_change_the_prompt(tiny_lm, fmt, word):
+    env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, self_edit_format=fmt)
+    obs, _ = env.reset(options={"index": 0})
+    assert word in obs["prompt"]
+
+
+def test_include_passage_and_whole_self_edit_options(tiny_lm):
+    env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, include_passage=True, split_lines=False)
+    examples = env.self_edit_to_examples(SELF_EDIT, PASSAGES[0])
+    assert [e.completion for e in examples] == [f"{PASSAGES[0].title}\n{PASSAGES[0].context}", SELF_EDIT]
+
+
+def test_self_edit_lines_strip_markers_and_preamble():
+    text = "Sure, here are some implications:\n1. First fact.\n2) Second fact.\n\n- Third.\n* \n"
+    assert self_edit_lines(text) == ["First fact.", "Second fact.", "Third."]
+    assert self_edit_lines("A plain line.\nAnother one.") == ["A plain line.", "Another one."]
+
+
+def test_gym_make_and_check_env(tiny_lm):
+    env = gym.make("seal_env/KnowledgeIncorporation-v0", passages=PASSAGES, model=tiny_lm, inner_loop=FAST,
+                   max_answer_tokens=4)
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=1)
+    assert obs in env.observation_space
+
+
+def test_seconds_compare_equal_but_keep_their_value():
+    assert Seconds(1.5) == Seconds(9.0) and float(Seconds(1.5)) == 1.5
+    assert json.loads(json.dumps({"t": Seconds(2.5)})) == {"t": 2.5}
+
+
+# ------------------------------------------------------------------ data files
+
+
+def test_builtin_demo_set_is_large_enough():
+    passages = load_passages()
+    assert len(passages) >= 30 and all(len(p.questions) >= 3 for p in passages)
+    assert all(q.answers[0] in p.context for p in passages for q in p.questions)
+
+
+def test_official_squad_layout_is_read(tmp_path):
+    squad = {"version": "1.1", "data": [{"title": "T", "paragraphs": [
+        {"context": "Ochre is a colour.", "qas": [{"id": "1", "question": "What is ochre?",
+                                                  "answers": [{"text": "a colour", "answer_start": 9}]}]}]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad))
+    (passage,) = load_passages(path)
+    assert passage.title == "T" and passage.questions[0].answers == ("a colour",)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "no passages"),
+        ('{"passages": []}', "expected a list"),
+        ('[{"title": "x", "questions": [{"question": "q", "answer": "a"}]}]', "missing key 'context'"),
+        ('[{"context": "c", "questions": []}]', "'questions' must be a non-empty list"),
+        ('[{"context": "c", "questions": [{"question": "q", "answer": ""}]}]', "question 0"),
+        ('[{"context": "c", "questions": [{"question": "q", "answer": "a"}], "self_edits": {"m": "s"}}]', "self_edits"),
+    ],
+)
+def test_malformed_data_file_error_names_file_and_problem(tmp_path, content, problem):
+    path = tmp_path / "bad_passages.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as excinfo:
+        load_passages(path)
+    assert "bad_passages.json" in str(excinfo.value) and problem in str(excinfo.value)
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such passages file"):
+        load_passages(tmp_path / "nope.json")
+
+
+def test_parse_passages_keeps_external_self_edits():
+    (passage,) = parse_passages([{"context": "c", "questions": [{"question": "q", "answer": "a"}],
+                                  "self_edits": {"gpt-4.1": ["1. x"]}}])
+    assert passage.self_edits == {"gpt-4.1": ["1. x"]}

