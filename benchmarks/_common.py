@@ -1,0 +1,205 @@
+"""Helpers shared by the benchmark scripts: bootstrap intervals, resumable result logs, output files.
+
+Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this folder on
+``sys.path``; they import this module as ``_common``. Tests add the folder to ``sys.path`` themselves.
+
+* :func:`bootstrap_ci` - percentile bootstrap interval of a (weighted) mean, resampling units such as
+  passages or tasks (a cluster bootstrap when the weights are question counts).
+* :class:`ResultLog` - an append-only JSON-lines file whose first line is the run's configuration:
+  a benchmark appends one record per finished unit of work and, when restarted on the same folder,
+  skips every unit already in the log. A log written under another configuration is refused.
+* :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Hashable, Iterator, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    weights: Sequence[float] | None = None,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Interval:
+    """The weighted mean of ``values`` and its percentile-bootstrap confidence interval.
+
+    Each resample draws ``len(values)`` units with replacement and recomputes
+    ``sum(w * v) / sum(w)``; with per-passage accuracies as values and question counts as weights this
+    is the question-level accuracy with a cluster bootstrap over passages (questions of one passage
+    are not independent). Written with NumPy because SciPy, whose ``scipy.stats.bootstrap`` does the
+    same, is not a dependency of the project. Deterministic for a given ``seed``.
+
+    Raises ``ValueError`` for no values, mismatched or non-positive weights, or a confidence outside
+    (0, 1).
+    """
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("bootstrap_ci needs a non-empty 1-D sequence of values")
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != x.shape:
+        raise ValueError(f"{x.size} values but {w.size} weights")
+    if not np.all(w > 0):
+        raise ValueError("weights must be positive")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    mean = float(np.sum(w * x) / np.sum(w))
+    picks = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
+    means = np.sum(w[picks] * x[picks], axis=1) / np.sum(w[picks], axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(mean, float(low), float(high))
+
+
+def _normalise(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, paths strings), for comparisons."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class ResultLog:
+    """An append-only JSON-lines log of finished work units, for benchmarks that can be resumed.
+
+    The first line is ``{"config": {...}}``; every other line is one record (a JSON object). A record's
+    key is the tuple of its ``key_fields``; :meth:`get` and ``in`` look records up by key, so a
+    restarted benchmark skips what is done. Opening an existing log with a different configuration
+    raises ``ValueError`` naming the settings that differ (use another folder, or delete the log to
+    start over). A last line cut off by an interrupted write is ignored with a warning.
+    """
+
+    def __init__(self, path: str | Path, config: dict[str, Any], key_fields: Sequence[str]):
+        self.path = Path(path)
+        self.key_fields = tuple(key_fields)
+        self.config = _normalise(config)
+        self._records: dict[tuple, dict[str, Any]] = {}
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("w", encoding="utf-8") as f:
+                f.write(json.dumps({"config": self.config}) + "\n")
+
+    def _load(self) -> None:
+        with self.path.open("rb") as f:
+            lines = f.read().split(b"\n")
+        try:
+            header = json.loads(lines[0])["config"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header") from None
+        if header != self.config:
+            differing = sorted(k for k in set(header) | set(self.config) if header.get(k) != self.config.get(k))
+            raise ValueError(
+                f"{self.path} was written with other settings ({', '.join(differing)} differ): "
+                "use another output folder, or delete the log to start over"
+            )
+        offset = len(lines[0]) + 1
+        body = lines[1:]
+        for number, line in enumerate(body, start=2):
+            if not line.strip():
+                offset += len(line) + 1
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if any(rest.strip() for rest in body[number - 1 :]):
+                    raise ValueError(f"{self.path}: line {number} is not valid JSON") from None
+                # The last line was cut off by an interruption: drop it, so that the next append
+                # starts on a line of its own.
+                warnings.warn(f"{self.path}: ignoring the unfinished last line {number}")
+                with self.path.open("r+b") as f:
+                    f.truncate(offset)
+                return
+            self._records[self.key(record)] = record
+            offset += len(line) + 1
+
+    def key(self, record: dict[str, Any]) -> tuple:
+        """The key of a record: the values of its ``key_fields``."""
+        return tuple(record[field] for field in self.key_fields)
+
+    def __contains__(self, key: tuple[Hashable, ...]) -> bool:
+        return tuple(key) in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._records.values())
+
+    def get(self, key: tuple[Hashable, ...]) -> dict[str, Any] | None:
+        return self._records.get(tuple(key))
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write ``record`` (JSON-serialisable, with every key field) and flush it to disk."""
+        record = _normalise(record)
+        key = self.key(record)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._records[key] = record
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (a reader never sees a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(f.name, path)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table (numbers right-aligned)."""
+
+    def numeric(cell: Any) -> bool:
+        return isinstance(cell, (int, float)) and not isinstance(cell, bool)
+
+    align = ["---:" if rows and all(numeric(r[i]) for r in rows) else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_interval(interval: Interval | dict[str, float], *, scale: float = 1.0, digits: int = 1) -> str:
+    """``"mean [low, high]"``, each multiplied by ``scale`` (100 for percentages)."""
+    iv = interval if isinstance(interval, dict) else interval.to_dict()
+    return f"{iv['mean'] * scale:.{digits}f} [{iv['low'] * scale:.{digits}f}, {iv['high'] * scale:.{digits}f}]"
+
+
+def run_environment() -> dict[str, Any]:
+    """Where a measurement ran: host, CPU count, torch version and device, for the JSON output."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
