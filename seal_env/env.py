@@ -23,15 +23,16 @@ from __future__ import annotations
 import string
 import time
 import unicodedata
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import gymnasium as gym
 import torch
 from gymnasium import spaces
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_env.inner_loop import InnerLoopConfig, adapted
+from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
 from seal_env.lm import TrainingExample
 from seal_env.models import load_model
 
@@ -220,6 +221,36 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
 
         Never raises for a bad self-edit: it yields reward 0.0 with the reason in ``info["error"]``.
         """
+        info, plan = self.begin_step(action)
+        evaluation = None
+        if plan is not None:
+            evaluation = self._adapt_and_evaluate(plan, self.contexts[self._index], info)
+        return self.end_step(info, evaluation)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        if self._index is None:
+            return "no episode yet"
+        if self._last_info is None:
+            return f"context {self._index}: waiting for a self-edit"
+        i = self._last_info
+        if i["error"]:
+            return f"context {i['context_index']}: self-edit rejected: {i['error']}"
+        return (
+            f"context {i['context_index']}: score {i['score']:.4f} vs baseline {i['baseline_score']:.4f} "
+            f"(gain {i['gain']:+.4f}); {i['n_train_examples']} examples, loss {i['train_loss']:.3f}, "
+            f"train {float(i['train_seconds']):.1f}s, eval {float(i['eval_seconds']):.1f}s"
+        )
+
+    # ------------------------------------------------------------------ step() in parts
+    # step() is begin_step -> LoRA update -> record_training -> evaluate -> end_step. Batched steppers
+    # (seal_env.vector.SelfAdaptVectorEnv) call the parts to train and evaluate the self-edits of
+    # several environments together, so both paths share one definition of info and reward.
+
+    def begin_step(self, action: Any) -> tuple[dict[str, Any], TrainingPlan | None]:
+        """The first part of :meth:`step`: the step's ``info`` (baseline filled in) and the training
+        plan of ``action``, or ``None`` when the self-edit is unusable (``info["error"]`` says why)."""
         if self._index is None:
             raise RuntimeError("call reset() before step()")
         context = self.contexts[self._index]
@@ -241,32 +272,53 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
             "items": [],
             "notes": {},
         }
-        plan = self._plan(action, context, info)
+        return info, self._plan(action, context, info)
+
+    def record_training(self, result: TrainResult, info: dict[str, Any]) -> bool:
+        """Copy a LoRA update's report into ``info``; False when the update failed (``info["error"]``)."""
+        info.update(
+            train_loss=result.final_loss if result.epoch_losses else None,
+            n_train_examples=result.n_examples,
+            n_train_tokens=result.n_train_tokens,
+            train_seconds=Seconds(result.seconds),
+        )
+        if result.n_truncated:
+            info["notes"]["examples_truncated"] = result.n_truncated
+        if result.error:
+            info["error"] = result.error
+            return False
+        return True
+
+    def end_step(self, info: dict[str, Any], evaluation: Evaluation | None) -> tuple[dict, float, bool, bool, dict[str, Any]]:
+        """The last part of :meth:`step`: reward ``evaluation`` (None: no evaluation, reward 0.0)
+        against the baseline in ``info`` and return the step's result."""
         reward = 0.0
-        if plan is not None:
-            evaluation = self._adapt_and_evaluate(plan, context, info)
-            if evaluation is not None:
-                info.update(score=evaluation.score, gain=evaluation.score - baseline.score)
-                info.update(metrics=dict(evaluation.metrics), items=evaluation.items)
-                reward = 1.0 if evaluation.score > baseline.score + self.reward_margin else 0.0
+        if evaluation is not None:
+            baseline_score = info["baseline_score"]
+            info.update(score=evaluation.score, gain=evaluation.score - baseline_score)
+            info.update(metrics=dict(evaluation.metrics), items=evaluation.items)
+            reward = 1.0 if evaluation.score > baseline_score + self.reward_margin else 0.0
         self._last_info = info
         return self._observation(), reward, True, False, info
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
-            return None
-        if self._index is None:
-            return "no episode yet"
-        if self._last_info is None:
-            return f"context {self._index}: waiting for a self-edit"
-        i = self._last_info
-        if i["error"]:
-            return f"context {i['context_index']}: self-edit rejected: {i['error']}"
-        return (
-            f"context {i['context_index']}: score {i['score']:.4f} vs baseline {i['baseline_score']:.4f} "
-            f"(gain {i['gain']:+.4f}); {i['n_train_examples']} examples, loss {i['train_loss']:.3f}, "
-            f"train {float(i['train_seconds']):.1f}s, eval {float(i['eval_seconds']):.1f}s"
-        )
+    def evaluate_batch(
+        self,
+        model: torch.nn.Module,
+        contexts: Sequence[ContextT],
+        route: Callable[[int | Sequence[int]], AbstractContextManager],
+    ) -> list[Evaluation]:
+        """Score several adapted models at once: one :class:`Evaluation` per context, in order.
+
+        ``model`` holds one adapter per context. Inside ``with route(owners):`` every forward pass of
+        ``model`` sends batch row ``r`` through the adapter of ``contexts[owners[r]]``; an int sends
+        all rows through that context's adapter. Called under ``torch.no_grad()``. The default
+        evaluates one context after another; override it to batch the contexts' rows together.
+        """
+        evaluations = []
+        for position, context in enumerate(contexts):
+            with route(position):
+                evaluations.append(self.evaluate(model, context))
+        return evaluations
 
     # ------------------------------------------------------------------ pipeline
 
@@ -314,17 +366,7 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
 
     def _adapt_and_evaluate(self, plan: TrainingPlan, context: ContextT, info: dict[str, Any]) -> Evaluation | None:
         with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
-            result = run.result
-            info.update(
-                train_loss=result.final_loss if result.epoch_losses else None,
-                n_train_examples=result.n_examples,
-                n_train_tokens=result.n_train_tokens,
-                train_seconds=Seconds(result.seconds),
-            )
-            if result.n_truncated:
-                info["notes"]["examples_truncated"] = result.n_truncated
-            if result.error:
-                info["error"] = result.error
+            if not self.record_training(run.result, info):
                 return None
             start = time.perf_counter()
             with torch.no_grad():
