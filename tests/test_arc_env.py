@@ -326,6 +326,16 @@ def test_long_prompts_drop_leading_demonstrations(tiny_lm) -> None:
     assert 0 < evaluation.items[0]["demonstrations_dropped"] < len(MIRROR_TASK.train)
 
 
+def test_answer_length_follows_the_demonstrations_size_ratio(env) -> None:
+    shrink = ArcTask("shrink", train=((np.zeros((9, 9), np.int64), np.ones((1, 2), np.int64)),) * 2,
+                     test=((np.zeros((14, 14), np.int64), np.ones((1, 2), np.int64)),))  # fmt: skip
+    grow = ArcTask("grow", train=((np.zeros((2, 2), np.int64), np.ones((4, 4), np.int64)),) * 2,
+                   test=((np.zeros((5, 5), np.int64), np.ones((10, 10), np.int64)),))  # fmt: skip
+    identity = (arc._Identity(),)
+    assert env._max_answer_tokens(shrink, identity) < 10
+    assert env._max_answer_tokens(grow, identity) >= env._prompt_tokens(render_grid(grow.test[0][1])) + 1
+
+
 # --- configuration and loading ------------------------------------------------------------------
 
 

@@ -632,10 +632,19 @@ class FewShotARCEnv(SelfAdaptEnv[ArcTask]):
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def _max_answer_tokens(self, task: ArcTask, voters: Sequence[Tool]) -> int:
-        """Room for the largest grid a prediction plausibly needs: the largest demonstration output
-        or test input (under any voter), plus a quarter, plus the end-of-turn token."""
-        grids = [y for _, y in task.train] + [x for x, _ in task.test]
-        longest = max(self._prompt_tokens(render_grid(tool.apply(g))) for g in grids for tool in voters)
+        """Room for the largest plausible answer, plus a quarter and the end-of-turn token.
+
+        Plausible: the largest demonstration output, or a test input grown by the largest
+        output/input size ratio among the demonstrations (tasks that shrink 14x14 grids to 1x3 need
+        a few tokens, not hundreds: an un-adapted model rarely stops by itself, and on a CPU every
+        token of a long prompt costs a forward pass).
+        """
+        growth = max(y.size / x.size for x, y in task.train)
+        longest = 0
+        for tool in voters:
+            outputs = [self._prompt_tokens(render_grid(tool.apply(y))) for _, y in task.train]
+            inputs = [math.ceil(growth * self._prompt_tokens(render_grid(tool.apply(x)))) for x, _ in task.test]
+            longest = max(longest, *outputs, *inputs)
         return longest + longest // 4 + 2
 
     @staticmethod
