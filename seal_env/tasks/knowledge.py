@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -229,6 +230,34 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         log_likelihoods = answer_log_likelihoods(
             model, self.tokenizer, prompts, [q.answers[0] for q in passage.questions]
         )
+        return self._score(passage, predictions, log_likelihoods)
+
+    def evaluate_batch(
+        self, model: torch.nn.Module, passages: Sequence[Passage], route: Callable[[Sequence[int]], AbstractContextManager]
+    ) -> list[Evaluation]:
+        """The questions of all passages in one batch, each row routed to its passage's adapter."""
+        prompts, golds, owners = [], [], []
+        for position, passage in enumerate(passages):
+            prompts += self.question_prompts(passage)
+            golds += [q.answers[0] for q in passage.questions]
+            owners += [position] * len(passage.questions)
+        # One batch of all rows, so that every forward pass sees the rows in the order of ``owners``.
+        with route(owners):
+            predictions = [
+                out[0].strip()
+                for out in generate(
+                    model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens, batch_size=len(prompts)
+                )
+            ]
+            log_likelihoods = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
+        evaluations, start = [], 0
+        for passage in passages:
+            end = start + len(passage.questions)
+            evaluations.append(self._score(passage, predictions[start:end], log_likelihoods[start:end]))
+            start = end
+        return evaluations
+
+    def _score(self, passage: Passage, predictions: Sequence[str], log_likelihoods: Sequence[float]) -> Evaluation:
         items = [
             {
                 "question": q.question,
