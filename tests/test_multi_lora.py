@@ -1,0 +1,172 @@
+"""K LoRA adapters trained together (seal_env.multi_lora) against K separate adapted() runs.
+
+Tolerance. The joint passes compute the same sums in another order and shape (several rows per
+pass, per-adapter loss sums), so results agree up to rounding:
+
+* in float64 the adapter weights agree to ~1e-14 (measured), which shows the algorithm is the same;
+  we assert 1e-9. Losses and log-likelihoods pass through float32 (``token_log_probs`` returns
+  float32), so they agree to ~1e-6; we assert 1e-4.
+* in float32 (what runs in practice) Adam magnifies rounding in elements whose gradient is tiny
+  relative to its rounding error: such an element's update may differ by a fraction of the learning
+  rate. Measured: at most 0.5% of one step (1.4e-4 at lr 3e-2); we assert 2% of the learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import weights_digest
+from peft.tuners.lora import LoraLayer
+
+from seal_env.inner_loop import InnerLoopConfig, adapted
+from seal_env.lm import TrainingExample
+from seal_env.multi_lora import MultiLoRALinear, adapted_many, pack_rows
+from seal_env.scoring import answer_log_likelihoods
+
+SCORE_ATOL = 1e-4
+
+TEXTS = [
+    "The Velmora Bridge was designed by Talia Okonkwe-Brandt.",
+    "It opened in 1931.",
+    "Its towers are pale green granite quarried at Mount Serrick, and its cables are brandtite.",
+    "Locals call the ochre paint Velmora gold.",
+    "On the first Sunday of June the bridge is closed to cars for the Strait Walk festival.",
+]
+PROMPTS = ["Who designed the Velmora Bridge?", "When did it open?"]
+ANSWERS = ["Talia Okonkwe-Brandt", "1931"]
+
+
+def examples(*indices: int) -> list[TrainingExample]:
+    return [TrainingExample(TEXTS[i]) for i in indices]
+
+
+# Different example counts, lengths, epochs, batch sizes, learning rates, alphas and seeds.
+JOBS = [
+    (examples(0, 1, 2), InnerLoopConfig(rank=4, epochs=2, learning_rate=1e-2, seed=0)),
+    (examples(3, 4), InnerLoopConfig(rank=4, epochs=3, learning_rate=3e-2, alpha=16.0, seed=1)),
+    (examples(0, 1, 2, 3, 4), InnerLoopConfig(rank=4, epochs=1, batch_size=2, learning_rate=1e-2, seed=0)),
+]
+
+
+def peft_weights(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {
+        name: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+        for name, m in peft_model.get_base_model().named_modules()
+        if isinstance(m, LoraLayer)
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adapters_trained_together_match_separate_trainings(tiny_lm, dtype):
+    model, tokenizer = tiny_lm
+    model.to(dtype)
+    separate = []
+    for job_examples, config in JOBS:
+        with adapted(model, tokenizer, job_examples, config) as run:
+            scores = answer_log_likelihoods(run.model, tokenizer, PROMPTS, ANSWERS)
+            separate.append((peft_weights(run.model), run.result, scores))
+
+    with adapted_many(model, tokenizer, JOBS) as run:
+        assert run.stats.steps == max(len(r.losses) for _, r, _ in separate)
+        for adapter, (weights, result, scores) in enumerate(separate):
+            atol = 1e-9 if dtype == torch.float64 else 0.02 * JOBS[adapter][1].learning_rate
+            together = run.lora_weights(adapter)
+            assert together.keys() == weights.keys()
+            for name, (a, b) in weights.items():
+                torch.testing.assert_close(together[name][0], a, atol=atol, rtol=0)
+                torch.testing.assert_close(together[name][1], b, atol=atol, rtol=0)
+            assert run.results[adapter].steps == result.steps
+            assert run.results[adapter].losses == pytest.approx(result.losses, abs=SCORE_ATOL)
+            assert run.results[adapter].epoch_losses == pytest.approx(result.epoch_losses, abs=SCORE_ATOL)
+            assert run.results[adapter].n_train_tokens == result.n_train_tokens
+            with run.route(adapter):
+                assert answer_log_likelihoods(run.model, tokenizer, PROMPTS, ANSWERS) == pytest.approx(scores, abs=SCORE_ATOL)
+
+
+def test_adapter_does_not_depend_on_the_other_adapters_rows(tiny_lm):
+    model, tokenizer = tiny_lm
+    model.double()  # exact up to 1e-14: any leak between adapters would show
+    config = InnerLoopConfig(rank=4, epochs=2, learning_rate=1e-2)
+    finals = []
+    for other in (examples(1), examples(2, 3, 4)):
+        with adapted_many(model, tokenizer, [(examples(0, 1), config), (other, config)]) as run:
+            finals.append(run.lora_weights(0))
+    for name, (a, b) in finals[0].items():
+        torch.testing.assert_close(finals[1][name][0], a, atol=1e-9, rtol=0)
+        torch.testing.assert_close(finals[1][name][1], b, atol=1e-9, rtol=0)
+
+
+def test_rows_are_routed_through_their_own_adapter(tiny_lm):
+    model, tokenizer = tiny_lm
+    with adapted_many(model, tokenizer, JOBS[:2]) as run:
+        ids = tokenizer(["the bridge", "the river"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            with run.route([0, 1]):
+                mixed = run.model(input_ids=ids).logits
+            with run.route(0):
+                first = run.model(input_ids=ids[:1]).logits
+            with run.route(1):
+                second = run.model(input_ids=ids[1:]).logits
+            torch.testing.assert_close(mixed, torch.cat([first, second]), atol=1e-5, rtol=1e-5)
+            with run.route(1):
+                assert not torch.allclose(run.model(input_ids=ids[:1]).logits, first)  # the adapters differ
+            with pytest.raises(RuntimeError, match="route covers 3 rows"), run.route([0, 1, 1]):
+                run.model(input_ids=ids)
+            with pytest.raises(RuntimeError, match="needs a route"):
+                run.model(input_ids=ids)
+            with pytest.raises(ValueError, match=r"\[0, 2\)"), run.route([0, 2]):
+                pass
+
+
+def test_base_model_is_restored_bit_identical(tiny_lm):
+    model, tokenizer = tiny_lm
+    before = weights_digest(model)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    with adapted_many(model, tokenizer, JOBS) as run:
+        assert any(isinstance(m, MultiLoRALinear) for m in run.model.modules())
+    assert weights_digest(model) == before
+    assert not any(isinstance(m, MultiLoRALinear) for m in model.modules())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert not model.training
+
+
+def test_a_failing_adapter_stops_alone_with_the_sequential_error(tiny_lm):
+    model, tokenizer = tiny_lm
+    exploding = InnerLoopConfig(rank=4, epochs=3, learning_rate=1e30, max_grad_norm=0.0)
+    with adapted(model, tokenizer, examples(0, 1), exploding) as run:
+        expected = run.result.error
+    assert expected and "non-finite training loss" in expected
+    jobs = [
+        (examples(0, 1), exploding),
+        ([TrainingExample("")], InnerLoopConfig(rank=4)),  # only an end-of-text token: nothing to learn
+        (examples(2), InnerLoopConfig(rank=4, epochs=2)),
+    ]
+    with adapted_many(model, tokenizer, jobs) as run:
+        assert run.results[0].error == expected
+        assert run.results[1].error == "no training examples with at least one target token"
+        assert run.results[2].error is None and run.results[2].steps == 2
+        assert all(math.isfinite(loss) for loss in run.results[2].losses)
+
+
+def test_adapters_with_different_lora_structures_are_refused(tiny_lm):
+    model, tokenizer = tiny_lm
+    with pytest.raises(ValueError, match="must share rank"):
+        with adapted_many(model, tokenizer, [(examples(0), InnerLoopConfig(rank=4)), (examples(1), InnerLoopConfig(rank=8))]):
+            pass
+    with pytest.raises(ValueError, match="at least one job"):
+        with adapted_many(model, tokenizer, []):
+            pass
+
+
+def test_pack_rows_covers_every_row_once_with_less_padding():
+    lengths = [40, 12, 38, 11, 13, 41, 900]
+    batches = pack_rows(lengths, max_batch_tokens=128, pass_overhead_tokens=8)
+    assert sorted(r for batch in batches for r in batch) == list(range(len(lengths)))
+    assert [6] in batches  # longer than the budget: a pass of its own
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[r] for r in batch) <= 128
+    padded = sum(len(batch) * max(lengths[r] for r in batch) for batch in batches)
+    assert padded < len(lengths) * max(lengths)
+    assert pack_rows([10, 10, 10], max_batch_tokens=1000, pass_overhead_tokens=8) == [[0, 1, 2]]
