@@ -18,8 +18,16 @@ from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, Questio
 
 __version__ = "0.1.0"
 
-register(id="seal_env/KnowledgeIncorporation-v0", entry_point="seal_env.tasks.knowledge:KnowledgeIncorporationEnv")
-register(id="seal_env/FewShotARC-v0", entry_point="seal_env.tasks.arc:FewShotARCEnv")
+register(
+    id="seal_env/KnowledgeIncorporation-v0",
+    entry_point="seal_env.tasks.knowledge:KnowledgeIncorporationEnv",
+    vector_entry_point="seal_env.vector:knowledge_incorporation",
+)
+register(
+    id="seal_env/FewShotARC-v0",
+    entry_point="seal_env.tasks.arc:FewShotARCEnv",
+    vector_entry_point="seal_env.vector:few_shot_arc",
+)
 
 __all__ = [
     "Evaluation",
