@@ -1,0 +1,236 @@
+"""``seal-env train``: the options (built from the config dataclasses) and the job.
+
+As in TRL, the configs are the command line: every field of :class:`agents.runner.TrainConfig`, of
+the agents' configs (:class:`agents.rest_em.RestEMConfig`, :class:`agents.grpo.GRPOAgentConfig`) and
+of the inner loop (:class:`seal_env.inner_loop.InnerLoopConfig`, as ``--inner-*``) becomes an option
+whose help is the field's docstring. ``seal_env.cli`` adds them to its ``train`` subcommand with
+:func:`add_train_arguments` and runs :func:`run_train`; ``python -m agents.cli`` works too.
+
+Options are parsed with a default of ``None`` and only the given ones are passed to the configs, so
+the defaults live in one place (the dataclasses) and an option of the other agent is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import sys
+import textwrap
+import types
+import typing
+from dataclasses import MISSING, Field, fields, is_dataclass, replace
+from typing import Any, Literal, Sequence
+
+from agents.generator import GeneratorConfig
+from agents.grpo import GRPOAgent, GRPOAgentConfig
+from agents.rest_em import RestEMAgent, RestEMConfig
+from agents.runner import TrainConfig, TrainSetupError, train
+from agents.stepping import make_env
+
+AGENTS: dict[str, tuple[type, type]] = {
+    "rest-em": (RestEMAgent, RestEMConfig),
+    "grpo": (GRPOAgent, GRPOAgentConfig),
+}
+INNER_PREFIX = "inner_"
+
+
+# ---------------------------------------------------------------------- dataclass -> argparse
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Help text of each field of a dataclass: ``metadata["help"]`` (TRL's style) or the docstring
+    written under the field (this project's style), subclasses overriding their bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not is_dataclass(klass):
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError):  # source not available (e.g. built in a REPL)
+            body = []
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    for f in fields(cls):
+        if "help" in f.metadata:
+            docs[f.name] = f.metadata["help"]
+    return docs
+
+
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _argument_type(annotation: Any) -> tuple[type, list[Any] | None]:
+    """``(type, choices)`` for a field annotation: Literal -> choices; ``X | None`` and
+    ``str | list[str]`` -> the first scalar type."""
+    if typing.get_origin(annotation) is Literal:
+        choices = list(typing.get_args(annotation))
+        return type(choices[0]), choices
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        scalars = [a for a in typing.get_args(annotation) if a in (bool, int, float, str)]
+        if scalars:
+            return scalars[0], None
+    if annotation in (bool, int, float, str):
+        return annotation, None
+    raise TypeError(f"no command-line type for annotation {annotation!r}")
+
+
+class Option(typing.NamedTuple):
+    dest: str
+    type: type
+    choices: list[Any] | None
+    default: Any
+    help: str
+    nested: bool
+    """True for a field of the nested InnerLoopConfig."""
+
+
+def dataclass_options(cls: type, defaults: Any = None, *, nested: bool = False) -> list[Option]:
+    """One :class:`Option` per field of ``cls`` (defaults from the instance ``defaults`` when given).
+    The nested ``inner_loop`` dataclass is flattened into ``inner_*`` options with the parent's
+    default values."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    options = []
+    for f in fields(cls):
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
+        if f.name == "inner_loop":
+            options.extend(
+                o._replace(dest=INNER_PREFIX + o.dest) for o in dataclass_options(hints[f.name], default, nested=True)
+            )
+            continue
+        kind, choices = _argument_type(hints[f.name])
+        options.append(Option(f.name, kind, choices, default, docs.get(f.name, ""), nested))
+    return options
+
+
+def _add_option(group: argparse._ArgumentGroup, option: Option, help_text: str) -> None:
+    flag = "--" + option.dest.replace("_", "-")
+    help_text = help_text.replace("%", "%%")  # argparse formats help with %
+    if option.type is bool:
+        group.add_argument(flag, dest=option.dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        group.add_argument(
+            flag, dest=option.dest, type=option.type, choices=option.choices, default=None, help=help_text
+        )
+
+
+def _defaults_note(defaults: dict[str, Any]) -> str:
+    if len(set(map(repr, defaults.values()))) == 1:
+        return f"default: {next(iter(defaults.values()))}"
+    return "default: " + ", ".join(f"{v} ({agent})" for agent, v in defaults.items())
+
+
+# ---------------------------------------------------------------------- seal-env train
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option of ``seal-env train`` to ``parser`` (built from the config dataclasses)."""
+    job = parser.add_argument_group("training job")
+    inner = parser.add_argument_group("inner loop (the LoRA update of each environment step)")
+    for option in dataclass_options(TrainConfig):
+        note = "" if option.default is None else f" (default: {option.default})"
+        _add_option(inner if option.nested else job, option, option.help + note)
+    shared = {option.dest for option in dataclass_options(GeneratorConfig)}
+    groups = {"": parser.add_argument_group("generator (both agents)")}
+    defaults: dict[str, dict[str, Any]] = {}
+    first: dict[str, tuple[Option, str]] = {}
+    for agent, (_, config_cls) in AGENTS.items():
+        for option in dataclass_options(config_cls):
+            defaults.setdefault(option.dest, {})[agent] = option.default
+            first.setdefault(option.dest, (option, "" if option.dest in shared else agent))
+    for dest, (option, owner) in first.items():
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group(f"{owner} (--agent {owner})")
+        _add_option(groups[owner], option, f"{option.help} ({_defaults_note(defaults[dest])})")
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, GeneratorConfig]:
+    """The job's config and the chosen agent's config from parsed options (given options only).
+
+    Raises ``ValueError`` for invalid values and for options of the other agent.
+    """
+    given = lambda dest: getattr(args, dest, None) is not None  # noqa: E731
+    train_values: dict[str, Any] = {}
+    inner_values: dict[str, Any] = {}
+    for option in dataclass_options(TrainConfig):
+        if given(option.dest):
+            value = getattr(args, option.dest)
+            if option.nested:
+                inner_values[option.dest[len(INNER_PREFIX) :]] = value
+            else:
+                train_values[option.dest] = value
+    if inner_values:
+        train_values["inner_loop"] = replace(TrainConfig().inner_loop, **inner_values)
+    config = TrainConfig(**train_values)
+    _, config_cls = AGENTS[config.agent]
+    own = {option.dest for option in dataclass_options(config_cls)}
+    for agent, (_, other_cls) in AGENTS.items():
+        for option in dataclass_options(other_cls):
+            if option.dest not in own and given(option.dest):
+                flag = "--" + option.dest.replace("_", "-")
+                raise ValueError(f"{flag} is an option of --agent {agent}, not of --agent {config.agent}")
+    agent_config = config_cls(**{dest: getattr(args, dest) for dest in own if given(dest)})
+    return config, agent_config
+
+
+def run_job(config: TrainConfig, agent_config: GeneratorConfig) -> list[dict[str, Any]]:
+    """Load the generator and the environment named by ``config`` and train; the metrics per round."""
+    import datasets
+
+    import seal_env  # noqa: F401  (registers the environments)
+    from seal_env.models import load_model, pick_device
+
+    datasets.disable_progress_bars()  # the dataset preparation of every round would print several bars
+    device = pick_device(config.device)
+    generator_model, tokenizer = load_model(config.model, device=device, shared=False)
+    # The inner model is the shared frozen copy, or a private one that each round overwrites with the generator.
+    inner = load_model(config.model, device=device, shared=config.inner_model == "base")
+    env, stepper = make_env(
+        config.env, config.num_envs, model=inner, inner_loop=config.inner_loop, **json.loads(config.env_kwargs)
+    )
+    agent_cls, _ = AGENTS[config.agent]
+    agent = agent_cls(generator_model, tokenizer, agent_config)
+    return train(agent, env, config, stepper=stepper)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``seal-env train`` with parsed options; the process exit code."""
+    try:
+        config, agent_config = configs_from_args(args)  # the configs' checks raise ValueError
+    except ValueError as exc:
+        return _usage_error(exc)
+    try:
+        run_job(config, agent_config)
+    except TrainSetupError as exc:  # other errors inside training keep their traceback
+        return _usage_error(exc)
+    print(f"done: {config.output_dir} (generator adapter in {config.output_dir}/generator)")
+    return 0
+
+
+def _usage_error(exc: Exception) -> int:
+    print(f"seal-env train: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agents.cli", description="Train a self-edit generator.")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Agents (ReST-EM, GRPO through TRL), the training job, resume, and the `seal-env train` options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import gymnasium as gym
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+import seal_env  # noqa: F401  (registers the environments)
+from agents.base import Round, StepRecord, StepRequest
+from agents.cli import add_train_arguments, configs_from_args
+from agents.grpo import EnvReward, GRPOAgent, GRPOAgentConfig
+from agents.rest_em import RestEMAgent, RestEMConfig, select_self_edits
+from agents.runner import TrainConfig, TrainSetupError, train
+from agents.stepping import SequentialStepper
+from conftest import make_tiny_model
+from seal_env.inner_loop import InnerLoopConfig
+
+KNOWLEDGE = "seal_env/KnowledgeIncorporation-v0"
+TINY_INNER = InnerLoopConfig(rank=4, epochs=1, batch_size=8, max_tokens_per_example=32)
+TINY_GENERATION = dict(max_new_tokens=8, lora_rank=4, lora_alpha=8.0)
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def tiny_env(tokenizer, **overrides) -> gym.Env:
+    """The knowledge-incorporation env on a tiny inner model (its own, so tests share nothing)."""
+    kwargs = dict(model=(make_tiny_model(tokenizer, seed=1), tokenizer), inner_loop=TINY_INNER, max_answer_tokens=2)
+    return gym.make(KNOWLEDGE, **{**kwargs, **overrides})
+
+
+class ScriptedEnv(gym.Env):
+    """Known rewards: the score of a self-edit is how often it names its context's word; reward 1.0
+    iff the score is positive. Stands in for a SelfAdaptEnv (``contexts``, ``reset(options=...)``)."""
+
+    contexts = ["apple", "bread", "cider", "dates"]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.index = options["index"]
+        return {"prompt": f"Write about {self.contexts[self.index]}.", "context": self.contexts[self.index]}, {}
+
+    def step(self, action):
+        score = float(action.split().count(self.contexts[self.index]))
+        info = {"context_index": self.index, "error": None, "score": score, "baseline_score": 0.0, "gain": score}
+        return {}, float(score > 0), True, False, info
+
+
+SCRIPTED_SELF_EDITS = {  # per context word: the self-edits an agent proposes, in sample order
+    "apple": ["pear", "apple", "apple apple"],
+    "bread": ["toast", "rolls", "buns"],
+    "cider": ["cider", "cider cider cider", "cider"],
+    "dates": ["dates", "figs", "dates dates"],
+}
+
+
+def scripted_propose(observations, n, *, seed):
+    return [SCRIPTED_SELF_EDITS[obs["context"]][:n] for obs in observations]
+
+
+class FakeSFTTrainer:
+    """Records what SFTTrainer would be trained on (the test is about selection, not optimisation)."""
+
+    datasets: list[list[tuple[str, str]]] = []
+
+    def __init__(self, *, train_dataset, **_):
+        FakeSFTTrainer.datasets.append([(row["prompt"][0]["content"], row["completion"][0]["content"]) for row in train_dataset])
+
+    def remove_callback(self, _):
+        pass
+
+    add_callback = remove_callback
+
+    def train(self):
+        return SimpleNamespace(training_loss=0.5, global_step=1)
+
+
+def without_timings(record: StepRecord) -> dict:
+    return {**record.__dict__, "info": {k: v for k, v in record.info.items() if k not in TIMING_KEYS}}
+
+
+def read_log(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "steps.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------- ReST-EM
+
+
+KEPT = {  # what ReST-EM must fine-tune on, per context word, for SCRIPTED_SELF_EDITS
+    "rewarded": {"apple": ["apple", "apple apple"], "bread": [], "cider": ["cider", "cider cider cider", "cider"],
+                 "dates": ["dates", "dates dates"]},
+    "best": {"apple": ["apple apple"], "bread": [], "cider": ["cider cider cider"], "dates": ["dates dates"]},
+}
+
+
+@pytest.mark.parametrize("keep", ["rewarded", "best"])
+def test_rest_em_fine_tunes_on_exactly_the_rewarded_self_edits_of_a_scripted_env(keep, tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setattr("agents.rest_em.SFTTrainer", FakeSFTTrainer)
+    FakeSFTTrainer.datasets = []
+    agent = RestEMAgent(*tiny_lm, RestEMConfig(samples_per_context=3, keep=keep, **TINY_GENERATION))
+    monkeypatch.setattr(agent, "propose", scripted_propose)
+    env = ScriptedEnv()
+    config = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=3, eval_contexts=1)
+    history = train(agent, env, config, stepper=SequentialStepper(env))
+
+    steps = [e for e in read_log(tmp_path) if e["kind"] == "step" and e["phase"] == "train"]
+    words = {env.contexts[e["context_index"]] for e in steps}
+    assert len(steps) == 9 and len(words) == 3
+    expected = sorted((word, text) for word in words for text in KEPT[keep][word])
+    assert sorted((prompt.split()[-1].rstrip("."), completion) for prompt, completion in FakeSFTTrainer.datasets[0]) == expected
+    rewarded = sum(len(KEPT["rewarded"][word]) for word in words)
+    assert history[1]["agent/kept"] == len(expected) and history[1]["agent/rewarded"] == rewarded
+    assert history[1]["train/reward"] == pytest.approx(rewarded / 9)
+
+
+def test_select_self_edits_breaks_ties_by_the_earliest_sample():
+    records = [
+        StepRecord(1, "train", 0, sample, "p", text, reward, {"score": score})
+        for sample, (text, reward, score) in enumerate([("a", 1.0, 2.0), ("b", 1.0, 2.0), ("c", 0.0, 5.0)])
+    ]
+    assert [r.self_edit for r in select_self_edits(records, "best")] == ["a"]
+    assert select_self_edits(records[2:], "best") == []
+
+
+class CrashingStepper(SequentialStepper):
+    """Counts the steps it takes; raises after ``crash_after`` of them (a simulated kill)."""
+
+    def __init__(self, env, crash_after=None):
+        super().__init__(env)
+        self.crash_after = crash_after
+        self.steps = 0
+
+    def __call__(self, requests):
+        for result in super().__call__(requests):
+            if self.steps == self.crash_after:
+                raise KeyboardInterrupt("simulated crash")
+            self.steps += 1
+            yield result
+
+
+def run_rest_em(tokenizer, directory, *, resume=False, crash_after=None):
+    """One ReST-EM round on the tiny env: 6 steps (held-out 1, train 2 contexts x 2, held-out 1).
+    A huge negative margin rewards every usable self-edit, so the round certainly fine-tunes."""
+    env = tiny_env(tokenizer, reward_margin=-1e9)  # fresh objects each time: a resumed run is a new process
+    config = RestEMConfig(samples_per_context=2, keep="rewarded", sft_epochs=1, **TINY_GENERATION)
+    agent = RestEMAgent(make_tiny_model(tokenizer), tokenizer, config)
+    stepper = CrashingStepper(env, crash_after)
+    job = TrainConfig(output_dir=str(directory), rounds=1, contexts_per_round=2, eval_contexts=1, resume=resume, seed=1)
+    return SimpleNamespace(history=train(agent, env, job, stepper=stepper), stepper=stepper, agent=agent, directory=directory)
+
+
+@pytest.fixture(scope="module")
+def rest_em_run(tokenizer, tmp_path_factory):
+    """An uninterrupted ReST-EM run, shared by the tests below (it is the slow part)."""
+    return run_rest_em(tokenizer, tmp_path_factory.mktemp("rest-em"))
+
+
+def test_rest_em_round_on_a_tiny_model_env_writes_every_output(rest_em_run, tokenizer):
+    history, directory = rest_em_run.history, rest_em_run.directory
+    assert [m["round"] for m in history] == [0, 1]
+    assert history[1]["agent/kept"] == 4 and history[1]["agent/steps"] >= 1
+    assert [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()] == json.loads(json.dumps(history))
+    assert json.loads((directory / "config.json").read_text())["rounds"] == 1
+    assert (directory / "progress.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((directory / "tensorboard").glob("events.out.tfevents.*"))
+    kinds = [e["kind"] for e in read_log(directory)]
+    assert kinds.count("step") == 6 and kinds.count("proposals") == 3 and kinds.count("round") == 2
+    # The generator is a PEFT adapter that any script loads onto the base model.
+    adapter = directory / "generator"
+    assert (adapter / "adapter_config.json").is_file()
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items()), "SFT changed the adapter"
+    loaded = PeftModel.from_pretrained(make_tiny_model(tokenizer), adapter)
+    trained = rest_em_run.agent.model.state_dict()
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in loaded.state_dict().items() if "lora_" in name)
+
+
+def test_run_killed_mid_round_and_resumed_equals_an_uninterrupted_run(rest_em_run, tokenizer, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_rest_em(tokenizer, tmp_path, crash_after=3)  # in round 1, after 2 of its 4 training steps
+    resumed = run_rest_em(tokenizer, tmp_path, resume=True)
+
+    assert resumed.stepper.steps == 3, "only the steps the crash lost are taken again"
+    drop_minutes = lambda rows: [{k: v for k, v in m.items() if k != "minutes"} for m in rows]  # noqa: E731
+    assert drop_minutes(resumed.history) == drop_minutes(rest_em_run.history)
+    records = {}
+    for directory in (tmp_path, rest_em_run.directory):
+        entries = [e for e in read_log(directory) if e.pop("kind") == "step"]
+        records[directory] = sorted((without_timings(StepRecord(**e)) for e in entries), key=lambda r: (r["round"], r["phase"], r["context_index"], r["sample"]))
+    assert records[tmp_path] == records[rest_em_run.directory]  # same self-edits, rewards, scores: same kept ones
+    straight = load_file(rest_em_run.directory / "generator" / "adapter_model.safetensors")
+    again = load_file(tmp_path / "generator" / "adapter_model.safetensors")
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+# ---------------------------------------------------------------------- GRPO
+
+
+def test_env_reward_scores_every_completion_against_its_own_context():
+    env = ScriptedEnv()
+    stepper = SequentialStepper(env)
+
+    def step(round_index, phase, requests, shard):
+        return [
+            StepRecord(round_index, phase, r.context_index, r.sample, r.prompt, r.self_edit, reward, info)
+            for r, (reward, info) in zip(requests, stepper(requests))
+        ]
+
+    reward = EnvReward(Round(1, [0, 1], [], seed=0, step_fn=step, propose_fn=None), signal="reward")
+    prompts = [[{"role": "user", "content": f"Write about {word}."}] for word in ("bread", "apple", "bread", "apple")]
+    completions = [[{"role": "assistant", "content": text}] for text in ("apple", "apple", "bread bread", "bread")]
+    assert reward(prompts=prompts, completions=completions, context_index=[1, 0, 1, 0]) == [0.0, 1.0, 1.0, 0.0]
+    assert [(r.context_index, r.sample, r.self_edit) for r in reward.records] == [
+        (1, 0, "apple"), (0, 1, "apple"), (1, 2, "bread bread"), (0, 3, "bread")
+    ]
+    gain = EnvReward(reward.round, signal="gain")
+    assert gain(prompts=prompts, completions=completions, context_index=[1, 0, 1, 0]) == [0.0, 1.0, 2.0, 0.0]
+
+
+def test_grpo_round_on_a_tiny_model_env_scores_each_group_on_its_context(tokenizer, tmp_path):
+    env = tiny_env(tokenizer)
+    agent = GRPOAgent(make_tiny_model(tokenizer), tokenizer, GRPOAgentConfig(num_generations=2, reward_signal="gain", **TINY_GENERATION))
+    history = train(agent, env, TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1))
+
+    assert history[1]["agent/steps"] == 2  # one optimiser step per context's group
+    steps = [e for e in read_log(tmp_path) if e["kind"] == "step" and e["round"] == 1 and e["phase"] == "train"]
+    assert len(steps) == 4 and sorted(e["sample"] for e in steps) == [0, 1, 2, 3]
+    for e in steps:  # TRL's prompt and the dataset's context index belong together
+        assert e["prompt"] == env.reset(options={"index": e["context_index"]})[0]["prompt"]
+        assert e["info"]["context_index"] == e["context_index"]
+    assert len({e["context_index"] for e in steps}) == 2
+    assert (tmp_path / "generator" / "adapter_model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------- run folder
+
+
+def test_a_finished_run_folder_is_not_overwritten_and_resume_needs_the_same_settings(tiny_lm, tmp_path):
+    agent = RestEMAgent(*tiny_lm, RestEMConfig(samples_per_context=1, **TINY_GENERATION))
+    agent.propose = scripted_propose
+    env = ScriptedEnv()
+    config = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=1, eval_contexts=1)
+    agent.learn = lambda records, seed: {"kept": 0.0}
+    train(agent, env, config, stepper=SequentialStepper(env))
+    with pytest.raises(TrainSetupError, match="--resume"):
+        train(agent, env, config, stepper=SequentialStepper(env))
+    with pytest.raises(TrainSetupError, match="contexts_per_round"):
+        changed = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1, resume=True)
+        train(agent, env, changed, stepper=SequentialStepper(env))
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def test_train_options_come_from_the_config_dataclasses():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    options = [a for a in parser._actions if a.dest != "help"]
+    assert all(a.help and a.default is None for a in options), "every option documented; defaults live in the configs"
+
+    config, agent_config = configs_from_args(
+        parser.parse_args(["--agent", "grpo", "--num-generations", "3", "--inner-epochs", "1", "--rounds", "5", "--no-full-finetune"])
+    )
+    assert config.rounds == 5 and config.inner_loop.epochs == 1
+    assert config.inner_loop.batch_size == TrainConfig().inner_loop.batch_size  # other inner settings keep the job's defaults
+    assert isinstance(agent_config, GRPOAgentConfig) and agent_config.num_generations == 3
+    assert agent_config.learning_rate == GRPOAgentConfig().learning_rate != RestEMConfig().learning_rate
+
+    config, agent_config = configs_from_args(parser.parse_args([]))
+    assert config == TrainConfig() and agent_config == RestEMConfig()
+    with pytest.raises(ValueError, match="--samples-per-context is an option of --agent rest-em"):
+        configs_from_args(parser.parse_args(["--agent", "grpo", "--samples-per-context", "2"]))
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        configs_from_args(parser.parse_args(["--agent", "grpo", "--num-generations", "1"]))
+
+
+# ---------------------------------------------------------------------- the real default model
+
+
+@pytest.mark.slow
+def test_grpo_trains_the_default_model_for_a_few_steps_on_cpu(default_lm, tmp_path):
+    from seal_env.models import load_model
+
+    model, tokenizer = load_model(None, device="cpu", shared=False)  # the generator's private copy
+    env = gym.make(KNOWLEDGE, model=default_lm, inner_loop=TINY_INNER, max_answer_tokens=8)
+    agent = GRPOAgent(model, tokenizer, GRPOAgentConfig(num_generations=2, max_new_tokens=24, reward_signal="gain"))
+    history = train(agent, env, TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1))
+
+    assert history[1]["agent/steps"] == 2
+    assert all(m["eval/errors"] < 1 for m in history), "the default model writes usable self-edits"
+    weights = load_file(tmp_path / "generator" / "adapter_model.safetensors")
+    assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items()), "GRPO updated the adapter"
