@@ -137,6 +137,10 @@ class BenchmarkConfig:
     bootstrap_resamples: int = 10_000
     device: str | None = None
     """Default: CUDA when present, else CPU."""
+    threads: int | None = None
+    """CPU threads for torch (default: torch's choice, one per core). On a CPU shared with other
+    work use 1: with 2 threads on 2 busy cores each operation waits for a descheduled thread, and
+    an evaluation took 99 s instead of 10 s (measured at load average 7)."""
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
@@ -149,7 +153,7 @@ class BenchmarkConfig:
             raise ValueError(f"--limit is for the single mode; use --n-passages in {self.mode} mode")
         if self.mode != "single" and self.n_passages is None:
             self.n_passages = DEFAULT_N_PASSAGES[self.mode]
-        for name in ("limit", "n_passages", "self_edits_per_passage", "sample_tokens", "bootstrap_resamples"):
+        for name in ("limit", "n_passages", "self_edits_per_passage", "sample_tokens", "bootstrap_resamples", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -214,6 +218,8 @@ def available_rows(passages: Sequence[Passage], with_generator: bool, model_labe
     for passage in passages:
         sets += [name for name in passage.self_edits if name not in sets]
     for name in sets:
+        if name in ("base", "passage", "untrained", "generator"):
+            raise ValueError(f"a self-edit set may not be named {name!r}: that is the key of a built-in row")
         missing = [i for i, p in enumerate(passages) if not p.self_edits.get(name)]
         if missing:
             raise ValueError(f"self-edit set {name!r} is missing from passage(s) {missing[:10]} of the selection")
@@ -310,10 +316,16 @@ def passage_example(env: KnowledgeIncorporationEnv, passage: Passage) -> Trainin
 
 
 class Benchmark:
-    """Runs one mode of the benchmark for a config; :meth:`run` returns the summary written to JSON."""
+    """Runs one mode of the benchmark for a config; :meth:`run` returns the summary written to JSON.
+
+    ``model`` is an already loaded ``(model, tokenizer)`` pair to use instead of ``config.model``
+    (tests pass a tiny one); it is named in the outputs by its ``name_or_path``.
+    """
 
     def __init__(self, config: BenchmarkConfig, model: tuple[torch.nn.Module, Any] | None = None):
         self.config = config
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         self.all_passages = load_passages(config.data)
         n = config.limit if config.mode == "single" else config.n_passages
         if config.mode != "single" and n > len(self.all_passages):
@@ -322,7 +334,9 @@ class Benchmark:
         self.indices = list(range(len(self.passages)))
         if model is None:
             model = load_model(config.model, device=config.device)
-        self.model_label = DEFAULT_MODEL_NAME if config.model is None else Path(str(config.model)).name
+            self.model_label = DEFAULT_MODEL_NAME if config.model is None else Path(str(config.model)).name
+        else:
+            self.model_label = Path(getattr(model[0], "name_or_path", "") or "in-memory model").name
         self.env = KnowledgeIncorporationEnv(
             self.passages,
             model=model,
@@ -372,7 +386,7 @@ class Benchmark:
         c = self.config
         return {
             "data_sha256": _digest(c.data),
-            "model": c.model or DEFAULT_MODEL_NAME,
+            "model": c.model or self.model_label,
             "generator_sha256": _digest(c.generator) if c.generator else None,
             "inner_loop": self.env.inner_loop.to_dict(),
             "self_edits_per_passage": c.self_edits_per_passage,
@@ -534,8 +548,9 @@ class Benchmark:
 
     # ------------------------------------------------------------------ outputs
 
-    def _records(self, row: Row) -> list[dict[str, Any]]:
-        records = [self.log.get((row.key, i)) for i in self.indices]
+    def _records(self, row: Row, units: Sequence[int]) -> list[dict[str, Any]]:
+        """The logged records of ``row`` for ``units`` (passages, or continual steps), in order."""
+        records = [self.log.get((row.key, unit)) for unit in units]
         if any(r is None for r in records):
             raise RuntimeError(f"row {row.key!r} is incomplete; run the benchmark again to finish it")
         return records
@@ -544,7 +559,7 @@ class Benchmark:
         c = self.config
         rows, per_row = [], {}
         for row in self.rows:
-            records = self._records(row)
+            records = self._records(row, self.indices)
             per_row[row.key] = records
             weights = [r["n_questions"] for r in records]
             seconds = [r["seconds"] for r in records]
@@ -598,10 +613,8 @@ class Benchmark:
         rows = []
         n = len(self.indices)
         for row in self.rows:
-            steps = [self.log.get((row.key, s)) for s in range(n + 1)]
-            if any(s is None for s in steps):
-                raise RuntimeError(f"row {row.key!r} is incomplete; run the benchmark again to finish it")
-            steps = [ContinualStep.from_dict(s) for s in steps]
+            records = self._records(row, range(n + 1))
+            steps = [ContinualStep.from_dict(record) for record in records]
             matrices = {m: forgetting_matrix(steps, m) for m in METRICS}
             summary = {}
             for m, matrix in matrices.items():
@@ -621,10 +634,11 @@ class Benchmark:
                     "name": row.name,
                     "n_passages": n,
                     "summary": summary,
+                    # JSON has no NaN: cells not scored (passages not learnt yet) are null
                     "matrix": {m: [[None if math.isnan(v) else v for v in r] for r in mat.tolist()] for m, mat in matrices.items()},
                     "train_seconds": [s.train["seconds"] for s in steps if s.train],
                     "step_seconds": [s.seconds for s in steps],
-                    "errors": sorted({e for record in (self.log.get((row.key, s)) for s in range(n + 1)) for e in record["errors"]}),
+                    "errors": sorted({e for record in records for e in record["errors"]}),
                 }
             )
         return self._summary_header() | {"rows": rows}
@@ -644,32 +658,35 @@ class Benchmark:
 # ---------------------------------------------------------------------------------------- reporting
 
 
+def _scale(metric: str) -> tuple[float, int]:
+    """``(scale, digits)`` for printing a metric: text metrics as percentages, log-likelihood raw."""
+    return (1.0, 2) if metric == "log_likelihood" else (100.0, 1)
+
+
+def _intervals(intervals: dict[str, dict[str, float]]) -> list[str]:
+    return [format_interval(intervals[m], scale=_scale(m)[0], digits=_scale(m)[1]) for m in METRICS]
+
+
 def markdown_results(summary: dict[str, Any]) -> str:
     """The single / cpt table (percentages for the text metrics), then paired gains over the passage."""
     paper = summary["paper"]
     header = ["row", "n", *(METRIC_LABELS[m] for m in METRICS), "s / passage (median)", f"paper: {paper['setting']}"]
-    body = []
-    for row in summary["rows"]:
-        body.append(
-            [
-                row["name"] + (f" ({row['n_errors']} unusable self-edits)" if row["n_errors"] else ""),
-                row["n_passages"],
-                *(format_interval(row["metrics"][m], scale=1 if m == "log_likelihood" else 100, digits=2 if m == "log_likelihood" else 1) for m in METRICS),
-                f"{row['seconds_per_passage']['median']:.1f}",
-                "—" if row["paper_accuracy"] is None else f"{row['paper_accuracy']:.1f}",
-            ]
-        )
+    body = [
+        [
+            row["name"] + (f" ({row['n_errors']} unusable self-edits)" if row["n_errors"] else ""),
+            row["n_passages"],
+            *_intervals(row["metrics"]),
+            f"{row['seconds_per_passage']['median']:.1f}",
+            "—" if row["paper_accuracy"] is None else f"{row['paper_accuracy']:.1f}",
+        ]
+        for row in summary["rows"]
+    ]
     text = markdown_table(header, body)
     paired = [r for r in summary["rows"] if "vs_passage" in r]
     if paired:
         text += "\nPaired difference from training on the passage only (same passages; 95% bootstrap interval):\n\n"
-        text += markdown_table(
-            ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)],
-            [
-                [r["name"], *(format_interval(r["vs_passage"][m], scale=1 if m == "log_likelihood" else 100, digits=2 if m == "log_likelihood" else 1) for m in METRICS)]
-                for r in paired
-            ],
-        )
+        header = ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
+        text += markdown_table(header, [[r["name"], *_intervals(r["vs_passage"])] for r in paired])
     return text
 
 
@@ -679,9 +696,9 @@ def markdown_continual(summary: dict[str, Any]) -> str:
     body = []
     for row in summary["rows"]:
         for m in METRICS:
-            s = row["summary"][m]
-            scale, digits = (1, 2) if m == "log_likelihood" else (100, 1)
-            body.append([row["name"], METRIC_LABELS[m], *(f"{s[k] * scale:.{digits}f}" for k in ("base", "just_learnt", "at_end", "forgetting"))])
+            s, (scale, digits) = row["summary"][m], _scale(m)
+            values = [f"{s[k] * scale:.{digits}f}" for k in ("base", "just_learnt", "at_end", "forgetting")]
+            body.append([row["name"], METRIC_LABELS[m], *values])
     return markdown_table(["row", "metric", "base", "just learnt", "end of stream", "forgetting"], body)
 
 
@@ -698,17 +715,21 @@ def plot_bars(summary: dict[str, Any], path: Path) -> None:
     width = 0.8 / len(rows)
     for r, row in enumerate(rows):
         x = np.arange(len(text_metrics)) + (r - (len(rows) - 1) / 2) * width
-        means = np.array([row["metrics"][m]["mean"] for m in text_metrics]) * 100
-        errs = np.array([[row["metrics"][m]["mean"] - row["metrics"][m]["low"], row["metrics"][m]["high"] - row["metrics"][m]["mean"]] for m in text_metrics]).T * 100
-        left.bar(x, means, width, yerr=errs, capsize=2, label=row["name"], color=f"C{r}")
+        iv = [row["metrics"][m] for m in text_metrics]
+        means = np.array([v["mean"] for v in iv]) * 100
+        errors = np.array([[v["mean"] - v["low"] for v in iv], [v["high"] - v["mean"] for v in iv]]) * 100
+        left.bar(x, means, width, yerr=errors, capsize=2, label=row["name"], color=f"C{r}")
         ll = row["metrics"]["log_likelihood"]
-        right.bar(r, ll["mean"], 0.8, yerr=[[ll["mean"] - ll["low"]], [ll["high"] - ll["mean"]]], capsize=3, color=f"C{r}")
+        # points, not bars: log-likelihoods are negative and bars from 0 would hide the differences
+        ll_error = [[ll["mean"] - ll["low"]], [ll["high"] - ll["mean"]]]
+        right.errorbar(r, ll["mean"], yerr=ll_error, fmt="o", capsize=3, color=f"C{r}")
     left.set_xticks(range(len(text_metrics)), [METRIC_LABELS[m] for m in text_metrics])
     left.set_ylabel("% of questions")
     left.legend(fontsize=7)
     right.set_xticks([])
+    right.set_xlim(-0.5, len(rows) - 0.5)
     right.set_title(METRIC_LABELS["log_likelihood"] + " (higher is better)", fontsize=9)
-    fig.suptitle(f"Knowledge incorporation ({summary['mode']}, {summary['n_passages']} passages, 95% bootstrap CI)")
+    fig.suptitle(f"Knowledge incorporation ({summary['mode']} mode, n={summary['n_passages']} passages, 95% bootstrap CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -761,6 +782,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--max-answer-tokens", type=int, default=24)
     p.add_argument("--bootstrap-resamples", type=int, default=10_000)
     p.add_argument("--device", help="default: CUDA when present, else CPU")
+    p.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a CPU shared with other work)")
     args = p.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k != "rows"}
     rows = [key.strip() for key in args.rows.split(",") if key.strip()] if args.rows else None

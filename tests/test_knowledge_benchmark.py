@@ -301,3 +301,10 @@ def test_run_continual_replays_done_steps_to_the_same_state(tiny_lm):
     assert [s.step for s in resumed] == [2]
     for got, want in zip(resumed[0].metrics, full[2].metrics):
         assert got == pytest.approx(want)
+
+
+def test_command_line_maps_onto_the_config_and_reports_bad_input(data_file, tmp_path, capsys):
+    config = bench.parse_args(["--data", str(data_file), "--out", str(tmp_path), "--rows", "base, set-a", "--mode", "cpt"])
+    assert config.rows == ["base", "set-a"] and config.n_passages == bench.DEFAULT_N_PASSAGES["cpt"]
+    assert bench.main(["--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
+    assert "no such passages file" in capsys.readouterr().err
