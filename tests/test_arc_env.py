@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from conftest import weights_digest
 from gymnasium.utils.env_checker import check_env
 
@@ -46,6 +47,16 @@ def with_training(**training) -> str:
     config = EXAMPLE_SELF_EDIT.to_dict()
     config["training"].update(training)
     return json.dumps(config)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run on one intra-op thread: tiny models gain nothing from more, and on a busy shared CPU the
+    threads fight (a whole file took 5.5 min with torch's default of 2 threads, 20 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -251,6 +262,14 @@ def test_vote_takes_the_most_frequent_grid_and_breaks_ties_by_order() -> None:
     assert np.array_equal(vote([a, b, b, None]), b)
     assert np.array_equal(vote([a, b]), a)
     assert vote([None, None]) is None
+
+
+def test_voters_are_invertible_on_any_grid() -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (2, 5), (7, 3), (30, 30)]:
+        grid = rng.integers(0, 10, size=shape)
+        for tool in (arc._Identity(), *DIHEDRAL_TOOLS):
+            assert tool.invertible and np.array_equal(tool.inverse(tool.apply(grid)), grid)
 
 
 def fake_generate(answers: dict[str, str]):
