@@ -106,9 +106,11 @@ class _Routing:
 class MultiLoRALinear(torch.nn.Module):
     """A frozen ``nn.Linear`` plus K LoRA pairs; each batch row uses the pair of its adapter.
 
-    ``y = base(x) + scaling[k] * B[k] @ A[k] @ dropout(x)`` for a row owned by adapter ``k``; the
+    ``y = base(x) + B[k] @ (scaling[k] * A[k] @ dropout(x))`` for a row owned by adapter ``k``; the
     LoRA branch runs in the adapters' dtype (float32), as in PEFT. Rows are routed in runs of
-    consecutive rows, so a batch sorted by adapter costs two small matmuls per adapter and no copy.
+    consecutive rows (a batch sorted by adapter has one run per adapter). Runs of equal length (the
+    usual case: every adapter contributes ``batch_size`` rows, or one passage's questions) go through
+    two batched matmuls over the stacked adapters; otherwise each run costs two small matmuls.
     """
 
     def __init__(
@@ -137,10 +139,19 @@ class MultiLoRALinear(torch.nn.Module):
         lora_x = self.dropout(x.to(self.lora_A[0].dtype))
 
         def delta(adapter: int, rows: torch.Tensor) -> torch.Tensor:
-            return F.linear(F.linear(rows, self.lora_A[adapter]), self.lora_B[adapter]) * self.scalings[adapter]
+            # Scaling the rank-r intermediate (not the output, as PEFT does) costs out/r times less.
+            return F.linear(F.linear(rows, self.lora_A[adapter]) * self.scalings[adapter], self.lora_B[adapter])
 
-        if len(runs) == 1:  # the whole batch through one adapter: PEFT's own arithmetic
+        if len(runs) == 1:
             out = result + delta(runs[0][0], lora_x)
+        elif len({end - start for _, start, end in runs}) == 1:
+            adapters = [k for k, _, _ in runs]
+            a = torch.stack([self.lora_A[k] for k in adapters])  # [runs, r, in]
+            b = torch.stack([self.lora_B[k] for k in adapters])  # [runs, out, r]
+            scalings = torch.tensor([self.scalings[k] for k in adapters], dtype=a.dtype, device=a.device)
+            grouped = lora_x.reshape(len(runs), -1, lora_x.shape[-1])  # [runs, rows per run * positions, in]
+            hidden = torch.bmm(grouped, a.transpose(1, 2)) * scalings[:, None, None]
+            out = result + torch.bmm(hidden, b.transpose(1, 2)).reshape(result.shape)
         else:
             out = result + torch.cat([delta(k, lora_x[start:end]) for k, start, end in runs])
         return out.to(result.dtype)
@@ -343,8 +354,11 @@ class MultiAdaptation:
         stats.adapters = len(adapters)
         for index, a in enumerate(adapters):
             a.params = [p for layer in self.layers.values() for p in layer.adapter_parameters(index)]
+        # fused: one kernel over all adapters' tensors; the per-tensor loop train_lora gets on a CPU
+        # costs ~0.1 s per step per adapter on the default model. Same arithmetic, so same results.
         optimizer = torch.optim.AdamW(
-            [{"params": a.params, "lr": a.config.learning_rate, "weight_decay": a.config.weight_decay} for a in adapters]
+            [{"params": a.params, "lr": a.config.learning_rate, "weight_decay": a.config.weight_decay} for a in adapters],
+            fused=True,
         )
         device = next(self.model.parameters()).device
         live = [a.result.error is None for a in adapters]

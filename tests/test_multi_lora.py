@@ -100,24 +100,25 @@ def test_adapter_does_not_depend_on_the_other_adapters_rows(tiny_lm):
 
 def test_rows_are_routed_through_their_own_adapter(tiny_lm):
     model, tokenizer = tiny_lm
-    with adapted_many(model, tokenizer, JOBS[:2]) as run:
-        ids = tokenizer(["the bridge", "the river"], return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            with run.route([0, 1]):
-                mixed = run.model(input_ids=ids).logits
-            with run.route(0):
-                first = run.model(input_ids=ids[:1]).logits
-            with run.route(1):
-                second = run.model(input_ids=ids[1:]).logits
-            torch.testing.assert_close(mixed, torch.cat([first, second]), atol=1e-5, rtol=1e-5)
-            with run.route(1):
-                assert not torch.allclose(run.model(input_ids=ids[:1]).logits, first)  # the adapters differ
-            with pytest.raises(RuntimeError, match="route covers 3 rows"), run.route([0, 1, 1]):
-                run.model(input_ids=ids)
-            with pytest.raises(RuntimeError, match="needs a route"):
-                run.model(input_ids=ids)
-            with pytest.raises(ValueError, match=r"\[0, 2\)"), run.route([0, 2]):
-                pass
+    ids = tokenizer(["the bridge", "the river", "the towers"], return_tensors="pt")["input_ids"]
+    with adapted_many(model, tokenizer, JOBS) as run, torch.no_grad():
+
+        def logits(owners, rows):
+            with run.route(owners):
+                return run.model(input_ids=rows).logits
+
+        alone = [logits(adapter, ids[row : row + 1]) for row, adapter in enumerate([0, 1, 1])]
+        # Runs of unequal length (one pair of matmuls per run) and of equal length (batched matmuls).
+        torch.testing.assert_close(logits([0, 1, 1], ids), torch.cat(alone), atol=1e-5, rtol=1e-5)
+        expected = torch.cat([logits(2, ids[:1]), logits(0, ids[1:2])])
+        torch.testing.assert_close(logits([2, 0], ids[:2]), expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(logits(1, ids[:1]), alone[0])  # the adapters differ
+        with pytest.raises(RuntimeError, match="route covers 2 rows"):
+            logits([0, 1], ids)
+        with pytest.raises(ValueError, match=r"\[0, 3\)"):
+            logits([0, 3], ids[:2])
+        with pytest.raises(RuntimeError, match="needs a route"):
+            run.model(input_ids=ids)
 
 
 def test_base_model_is_restored_bit_identical(tiny_lm):
