@@ -217,7 +217,10 @@ def run_train(args: argparse.Namespace) -> int:
         run_job(config, agent_config)
     except TrainSetupError as exc:  # other errors inside training keep their traceback
         return _usage_error(exc)
-    print(f"done: {config.output_dir} (generator adapter in {config.output_dir}/generator)")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"done: {config.output_dir} (generator adapter in {config.output_dir}/generator)")
     return 0
 
 

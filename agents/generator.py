@@ -75,9 +75,15 @@ class GeneratorConfig:
 def trainer_device_args(model: torch.nn.Module) -> dict[str, bool]:
     """Device-dependent settings of a TRL config. TRL turns bf16 on by default, which on CPU would run a
     float32 model under bfloat16 autocast: use it only on CUDA devices that support it. Pinned memory
-    only helps (and only works without a warning) with CUDA."""
+    only helps (and only works without a warning) with CUDA. ``use_cpu`` lets several CPU processes
+    (``accelerate launch``/``torchrun``) train together over gloo."""
     cuda = next(model.parameters()).device.type == "cuda"
-    return {"bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False, "dataloader_pin_memory": cuda}
+    return {
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "fp16": False,
+        "dataloader_pin_memory": cuda,
+        "use_cpu": not cuda,
+    }
 
 
 class _QuietProgress(ProgressCallback):

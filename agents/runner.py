@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from agents.base import EVAL, TRAIN, Agent, Round, StepRecord, StepRequest
 from agents.stepping import SequentialStepper, Stepper
 from seal_env.inner_loop import InnerLoopConfig
+from seal_env.models import pick_device
 
 LOG_FILE = "steps.jsonl"
 METRICS_FILE = "metrics.jsonl"
@@ -217,6 +218,10 @@ class RunLog:
         if [m["round"] for m in self.rounds] != list(range(len(self.rounds))):
             raise ValueError(f"{self.directory}: the log's finished rounds are not 0, 1, 2, ...")
 
+    def records(self, round_index: int, phase: str) -> list[StepRecord]:
+        """The logged steps of one round and phase, in key order."""
+        return [record for key, record in sorted(self.steps.items()) if key[:2] == (round_index, phase)]
+
     def append(self, kind: str, entry: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"kind": kind, **entry}, ensure_ascii=False) + "\n")
@@ -328,8 +333,9 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _prepare_folder(directory: Path, config: TrainConfig, resume: bool) -> None:
-    """Create the output folder, or check that a resumed run has the same settings."""
+def _prepare_folder(directory: Path, config: TrainConfig, resume: bool, write: bool) -> None:
+    """Check that the output folder is new, or that a resumed run has the same settings; create the
+    folder and write the config when ``write`` (the main process)."""
     config_path = directory / CONFIG_FILE
     if resume:
         if not config_path.is_file():
@@ -342,6 +348,8 @@ def _prepare_folder(directory: Path, config: TrainConfig, resume: bool) -> None:
         return
     if (directory / LOG_FILE).exists():
         raise TrainSetupError(f"{directory} already holds a run; pass --resume to continue it, or another --output-dir")
+    if not write:
+        return
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(config_path, json.dumps(to_json_safe(config.to_dict()), indent=2) + "\n")
 
@@ -363,10 +371,10 @@ def train(
     :func:`agents.stepping.make_env` for the batched one); ``on_step`` is called with every new step
     record (after it is logged).
     """
-    state = PartialState()
+    # On CPU, several processes (torchrun / accelerate launch) only form a group when asked for CPU.
+    state = PartialState(cpu=pick_device(config.device).type == "cpu")
     directory = Path(config.output_dir)
-    if state.is_main_process:
-        _prepare_folder(directory, config, config.resume)
+    _prepare_folder(directory, config, config.resume, write=state.is_main_process)
     state.wait_for_everyone()
     log = RunLog(directory, state.process_index)
     if config.resume:
@@ -409,8 +417,9 @@ def train(
         if distributed:  # the processes take turns at chunks
             todo = todo[state.process_index :: state.num_processes]
         mine = [i for chunk in todo for i in chunk if results[i] is None]
-        done = sum(r is not None for r in results)
-        bar = tqdm(total=len(requests), initial=done, desc=f"round {round_index} {phase} steps",
+        # The bar counts this process's steps (the main process's share when the processes share them).
+        done = 0 if distributed else len(requests) - len(mine)
+        bar = tqdm(total=done + len(mine), initial=done, desc=f"round {round_index} {phase} steps",
                    disable=not state.is_main_process, leave=False)
         for chunk in todo:
             pending = [i for i in chunk if results[i] is None]
@@ -422,7 +431,7 @@ def train(
                 log.steps[record.key] = results[i] = record
                 if on_step is not None:
                     on_step(record)
-                bar.update(state.num_processes if distributed else 1)
+                bar.update()
         bar.close()
         if distributed:
             for record in gather_object([results[i] for i in mine]):
@@ -461,8 +470,10 @@ def train(
                     propose, logger=lambda values, s: outputs.scalars(values, train_step + s),
                 )
             )
-            train_records = [r for k, r in sorted(log.steps.items()) if k[0] == round_index and k[1] == TRAIN]
-            metrics.update(summarize(train_records, TRAIN))
+            if state.num_processes > 1:  # steps a trainer took in each process (GRPO) are only known there
+                for record in gather_object(log.records(round_index, TRAIN)):
+                    log.steps[record.key] = record
+            metrics.update(summarize(log.records(round_index, TRAIN), TRAIN))
             metrics.update({f"agent/{k}": v for k, v in learned.items()})
             sync_inner_model()
         metrics.update(summarize(evaluate(round_index), EVAL))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 import seal_env  # noqa: F401  (registers the environments)
 from agents.base import Round, StepRecord, StepRequest
 from agents.cli import add_train_arguments, configs_from_args
+from agents.generator import GeneratorConfig
 from agents.grpo import EnvReward, GRPOAgent, GRPOAgentConfig
 from agents.rest_em import RestEMAgent, RestEMConfig, select_self_edits
 from agents.runner import TrainConfig, TrainSetupError, train
@@ -27,6 +29,17 @@ KNOWLEDGE = "seal_env/KnowledgeIncorporation-v0"
 TINY_INNER = InnerLoopConfig(rank=4, epochs=1, batch_size=8, max_tokens_per_example=32)
 TINY_GENERATION = dict(max_new_tokens=8, lora_rank=4, lora_alpha=8.0)
 TIMING_KEYS = ("train_seconds", "eval_seconds")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine OpenMP's spinning threads
+    make them several times slower: run this module's tests on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_env(tokenizer, **overrides) -> gym.Env:
@@ -253,6 +266,25 @@ def test_a_finished_run_folder_is_not_overwritten_and_resume_needs_the_same_sett
     with pytest.raises(TrainSetupError, match="contexts_per_round"):
         changed = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1, resume=True)
         train(agent, env, changed, stepper=SequentialStepper(env))
+
+
+# ---------------------------------------------------------------------- a user's own agent
+
+
+def test_custom_agent_example_runs_on_the_protocol_and_learns_from_records(tokenizer, tmp_path):
+    namespace = runpy.run_path(str(EXAMPLES / "custom_agent.py"))  # defines ReinforceAgent; the job runs only as __main__
+    agent = namespace["ReinforceAgent"](make_tiny_model(tokenizer), tokenizer, GeneratorConfig(learning_rate=1e-2, **TINY_GENERATION))
+    env = ScriptedEnv()
+    history = train(agent, env, TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1),
+                    stepper=SequentialStepper(env))
+    assert history[1]["agent/steps"] == 1 and (tmp_path / "generator" / "adapter_model.safetensors").is_file()
+
+    trainable = lambda: {n: p.detach().clone() for n, p in agent.model.named_parameters() if p.requires_grad}  # noqa: E731
+    before = trainable()
+    records = [StepRecord(2, "train", 0, k, "Write about apple.", text, reward, {}) for k, (text, reward) in enumerate([("apple", 1.0), ("pear", 0.0)])]
+    assert agent.learn(records, seed=0)["baseline"] == 0.5
+    after = trainable()
+    assert any(not torch.equal(before[name], after[name]) for name in before), "the policy-gradient step moved the adapter"
 
 
 # ---------------------------------------------------------------------- command line
