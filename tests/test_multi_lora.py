@@ -38,6 +38,16 @@ PROMPTS = ["Who designed the Velmora Bridge?", "When did it open?"]
 ANSWERS = ["Talia Okonkwe-Brandt", "1931"]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: the tiny model gains nothing from more, and on a busy shared CPU two
+    threads fight (these tests took 97 s with torch's default of 2 threads, 14 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def examples(*indices: int) -> list[TrainingExample]:
     return [TrainingExample(TEXTS[i]) for i in indices]
 
@@ -171,3 +181,18 @@ def test_pack_rows_covers_every_row_once_with_less_padding():
     padded = sum(len(batch) * max(lengths[r] for r in batch) for batch in batches)
     assert padded < len(lengths) * max(lengths)
     assert pack_rows([10, 10, 10], max_batch_tokens=1000, pass_overhead_tokens=8) == [[0, 1, 2]]
+
+
+@pytest.mark.slow
+def test_default_model_adapters_trained_together_match_separate_trainings(default_lm):
+    model, tokenizer = default_lm
+    jobs = [(examples(0, 1), InnerLoopConfig(epochs=1)), (examples(3), InnerLoopConfig(epochs=2))]
+    separate = []
+    for job_examples, config in jobs:
+        with adapted(model, tokenizer, job_examples, config) as run:
+            separate.append((run.result.losses, answer_log_likelihoods(run.model, tokenizer, PROMPTS, ANSWERS)))
+    with adapted_many(model, tokenizer, jobs) as run:
+        for adapter, (losses, scores) in enumerate(separate):
+            assert run.results[adapter].losses == pytest.approx(losses, abs=SCORE_ATOL)
+            with run.route(adapter):
+                assert answer_log_likelihoods(run.model, tokenizer, PROMPTS, ANSWERS) == pytest.approx(scores, abs=1e-3)
