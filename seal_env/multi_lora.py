@@ -96,11 +96,13 @@ class _Routing:
     """Which adapter each batch row goes through, shared by all layers of one model.
 
     ``runs`` lists ``(adapter, first_row, end_row)`` for consecutive rows with the same adapter;
-    ``n_rows`` is the batch size they cover (``None``: one adapter for any batch size).
+    ``n_rows`` is the batch size they cover (``None``: one adapter for any batch size);
+    ``run_adapters`` holds the runs' adapters as a tensor on the model's device.
     """
 
     runs: list[tuple[int, int, int]] | None = None
     n_rows: int | None = None
+    run_adapters: torch.Tensor | None = None
 
 
 class MultiLoRALinear(torch.nn.Module):
@@ -126,6 +128,7 @@ class MultiLoRALinear(torch.nn.Module):
         self.lora_A = torch.nn.ParameterList([torch.nn.Parameter(a.clone()) for a, _ in weights])
         self.lora_B = torch.nn.ParameterList([torch.nn.Parameter(b.clone()) for _, b in weights])
         self.scalings = list(scalings)
+        self.register_buffer("scaling_tensor", torch.tensor(self.scalings, dtype=self.lora_A[0].dtype, device=base.weight.device))
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
         self.routing = routing
 
@@ -148,7 +151,7 @@ class MultiLoRALinear(torch.nn.Module):
             adapters = [k for k, _, _ in runs]
             a = torch.stack([self.lora_A[k] for k in adapters])  # [runs, r, in]
             b = torch.stack([self.lora_B[k] for k in adapters])  # [runs, out, r]
-            scalings = torch.tensor([self.scalings[k] for k in adapters], dtype=a.dtype, device=a.device)
+            scalings = self.scaling_tensor[self.routing.run_adapters]
             grouped = lora_x.reshape(len(runs), -1, lora_x.shape[-1])  # [runs, rows per run * positions, in]
             hidden = torch.bmm(grouped, a.transpose(1, 2)) * scalings[:, None, None]
             out = result + torch.bmm(hidden, b.transpose(1, 2)).reshape(result.shape)
@@ -302,6 +305,7 @@ class MultiAdaptation:
     def __init__(self, model: PreTrainedModel, layers: dict[str, MultiLoRALinear], routing: _Routing, num_adapters: int):
         self.model = model
         self.num_adapters = num_adapters
+        self._device = next(model.parameters()).device
         self.layers = layers
         self._routing = routing
         self.results: list[TrainResult] = []
@@ -326,12 +330,14 @@ class MultiAdaptation:
             if row == len(owners) or owners[row] != owners[start]:
                 runs.append((owners[start], start, row))
                 start = row
-        previous = (self._routing.runs, self._routing.n_rows)
-        self._routing.runs, self._routing.n_rows = runs, n_rows
+        routing = self._routing
+        previous = (routing.runs, routing.n_rows, routing.run_adapters)
+        routing.runs, routing.n_rows = runs, n_rows
+        routing.run_adapters = torch.tensor([k for k, _, _ in runs], device=self._device)
         try:
             yield
         finally:
-            self._routing.runs, self._routing.n_rows = previous
+            routing.runs, routing.n_rows, routing.run_adapters = previous
 
     def lora_weights(self, adapter: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Adapter ``adapter``'s ``(A, B)`` per adapted module, named as in the base model (the
