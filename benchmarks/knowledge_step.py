@@ -5,6 +5,9 @@ implication self-edits, and the environment steps on each. The script reports
 
 * the median step time split into training and evaluation, self-edit size, and the process's peak
   resident memory (and peak CUDA memory on a GPU);
+* the gain in gold-answer log-likelihood and the training time of the default inner-loop preset and
+  SEAL's preset on the same self-edit (the passage restated one sentence per line), which is how the
+  default preset was chosen;
 * for every reward metric and both baselines (the un-updated model, and the model trained on the
   raw passage), the fraction of self-edits rewarded: a reward that is almost always 0 or always 1
   teaches an agent nothing, which is how the environment's default metric was chosen.
@@ -43,7 +46,10 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--json", default="results/knowledge_step.json", help="where to write the results")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     env = KnowledgeIncorporationEnv(inner_loop=InnerLoopConfig())
     passage_env = KnowledgeIncorporationEnv(model=(env.model, env.tokenizer), baseline="passage")
@@ -64,6 +70,23 @@ def main() -> int:
                 "train_seconds": float(info["train_seconds"]), "eval_seconds": float(info["eval_seconds"]),
                 "metrics": info["metrics"], "base": info["baseline_metrics"], "passage_baseline": passage_baseline,
             })
+    presets = {"default": InnerLoopConfig(), "seal": InnerLoopConfig.seal()}
+    preset_rows = {name: [] for name in presets}
+    for index in tqdm(range(args.passages), desc="inner-loop presets"):
+        context = env.render_context(env.contexts[index])
+        restated = "\n".join(s.strip() + "." for s in context.split(". ") if s.strip())
+        for name, config in presets.items():
+            preset_env = KnowledgeIncorporationEnv(model=(env.model, env.tokenizer), inner_loop=config)
+            preset_env.reset(options={"index": index})
+            _, _, _, _, info = preset_env.step(restated)
+            preset_rows[name].append({"gain": info["metrics"]["log_likelihood"] - info["baseline_metrics"]["log_likelihood"],
+                                      "train_seconds": float(info["train_seconds"])})
+    preset_summary = {
+        name: {"median_log_likelihood_gain": statistics.median(r["gain"] for r in rows),
+               "median_train_seconds": statistics.median(r["train_seconds"] for r in rows),
+               "config": presets[name].to_dict()}
+        for name, rows in preset_rows.items()
+    }
     ok = [r for r in records if r["error"] is None]
     rates = {
         baseline: {
@@ -85,12 +108,15 @@ def main() -> int:
                     "device": str(env.model.device)},
         "inner_loop": env.inner_loop.to_dict(), "passages": args.passages, "samples": args.samples,
         "steps": len(records), "rejected": len(records) - len(ok),
-        "timing": timing, "memory": memory, "reward_rate": rates, "records": records,
+        "timing": timing, "memory": memory, "reward_rate": rates, "presets": preset_summary, "records": records,
     }
     print(f"\n{len(records)} steps ({result['rejected']} rejected self-edits) on {env.model.device}")
     print(f"median step: train {timing['median_train_seconds']:.1f} s + evaluate {timing['median_eval_seconds']:.1f} s; "
           f"{timing['median_train_examples']} sequences, {timing['median_train_tokens']} tokens")
     print(f"peak resident memory {memory['peak_rss_mib']:.0f} MiB")
+    print("\ninner-loop presets on the restated passage (medians)")
+    for name, row in preset_summary.items():
+        print(f"{name:>8}: log-likelihood gain {row['median_log_likelihood_gain']:+.2f} in {row['median_train_seconds']:.1f} s of training")
     print("\nfraction of self-edits rewarded (score > baseline)")
     print(f"{'metric':>15}  {'vs base model':>13}  {'vs passage-trained':>18}")
     for m in REWARD_METRICS:
