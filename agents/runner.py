@@ -342,7 +342,8 @@ def _prepare_folder(directory: Path, config: TrainConfig, resume: bool, write: b
             raise TrainSetupError(f"{directory}: no run to resume (no {CONFIG_FILE})")
         saved = json.loads(config_path.read_text(encoding="utf-8"))
         current = to_json_safe(config.to_dict())
-        changed = sorted(k for k in set(saved) | set(current) if k != "resume" and saved.get(k) != current.get(k))
+        ignored = ("resume", "output_dir")  # the folder may be named differently (a relative path, say)
+        changed = sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
         if changed:
             raise TrainSetupError(f"{directory}: cannot resume with changed settings: {', '.join(changed)}")
         return
@@ -360,7 +361,6 @@ def train(
     config: TrainConfig,
     *,
     stepper: Stepper | None = None,
-    on_step: Callable[[StepRecord], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``agent`` on ``env`` for ``config.rounds`` rounds; return the metrics of every round.
 
@@ -368,8 +368,7 @@ def train(
     ``config.inner_model == "generator"`` its model must be a private copy of the generator's base
     model (not the shared one from ``load_model``): it is overwritten every round. ``stepper`` steps
     the environment (default: :class:`agents.stepping.SequentialStepper`; see
-    :func:`agents.stepping.make_env` for the batched one); ``on_step`` is called with every new step
-    record (after it is logged).
+    :func:`agents.stepping.make_env` for the batched one).
     """
     # On CPU, several processes (torchrun / accelerate launch) only form a group when asked for CPU.
     state = PartialState(cpu=pick_device(config.device).type == "cpu")
@@ -429,8 +428,6 @@ def train(
                                     to_json_safe(info))
                 log.append("step", asdict(record))
                 log.steps[record.key] = results[i] = record
-                if on_step is not None:
-                    on_step(record)
                 bar.update()
         bar.close()
         if distributed:

@@ -237,9 +237,12 @@ def test_env_reward_scores_every_completion_against_its_own_context():
 
 
 def test_grpo_round_on_a_tiny_model_env_scores_each_group_on_its_context(tokenizer, tmp_path):
-    env = tiny_env(tokenizer)
-    agent = GRPOAgent(make_tiny_model(tokenizer), tokenizer, GRPOAgentConfig(num_generations=2, reward_signal="gain", **TINY_GENERATION))
-    history = train(agent, env, TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1))
+    # The inner model is the generator here: a private copy of the same base model (seed 0 for both).
+    env = tiny_env(tokenizer, model=(make_tiny_model(tokenizer), tokenizer))
+    config = GRPOAgentConfig(num_generations=2, reward_signal="gain", learning_rate=1e-2, **TINY_GENERATION)
+    agent = GRPOAgent(make_tiny_model(tokenizer), tokenizer, config)
+    job = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1, inner_model="generator")
+    history = train(agent, env, job)
 
     assert history[1]["agent/steps"] == 2  # one optimiser step per context's group
     steps = [e for e in read_log(tmp_path) if e["kind"] == "step" and e["round"] == 1 and e["phase"] == "train"]
@@ -249,6 +252,26 @@ def test_grpo_round_on_a_tiny_model_env_scores_each_group_on_its_context(tokeniz
         assert e["info"]["context_index"] == e["context_index"]
     assert len({e["context_index"] for e in steps}) == 2
     assert (tmp_path / "generator" / "adapter_model.safetensors").is_file()
+    # The held-out evaluation after the round ran on the inner model synced with the trained generator.
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        expected = agent.model(input_ids=tokens).logits
+        assert not torch.allclose(make_tiny_model(tokenizer)(input_ids=tokens).logits, expected), "GRPO moved the policy"
+        assert torch.allclose(env.unwrapped.model(input_ids=tokens).logits, expected, atol=1e-5)
+
+
+def test_full_finetune_generator_trains_every_weight_and_saves_a_whole_checkpoint(tokenizer, tmp_path):
+    config = RestEMConfig(full_finetune=True, learning_rate=1e-3, sft_epochs=1, **TINY_GENERATION)
+    agent = RestEMAgent(make_tiny_model(tokenizer), tokenizer, config)
+    records = [StepRecord(1, "train", 0, 0, "Write about apple.", "apple apple", 1.0, {"score": 1.0})]
+    agent.learn(records, seed=0)
+    agent.save(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
+    fresh = make_tiny_model(tokenizer)
+    assert not torch.equal(fresh.model.norm.weight, agent.model.model.norm.weight), "not only adapter weights train"
+    other = RestEMAgent(fresh, tokenizer, config)
+    other.load(tmp_path)
+    assert all(torch.equal(p, q) for p, q in zip(other.model.state_dict().values(), agent.model.state_dict().values()))
 
 
 # ---------------------------------------------------------------------- run folder
@@ -320,11 +343,11 @@ def test_grpo_trains_the_default_model_for_a_few_steps_on_cpu(default_lm, tmp_pa
     from seal_env.models import load_model
 
     model, tokenizer = load_model(None, device="cpu", shared=False)  # the generator's private copy
-    env = gym.make(KNOWLEDGE, model=default_lm, inner_loop=TINY_INNER, max_answer_tokens=8)
-    agent = GRPOAgent(model, tokenizer, GRPOAgentConfig(num_generations=2, max_new_tokens=24, reward_signal="gain"))
-    history = train(agent, env, TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1))
+    env = gym.make(KNOWLEDGE, model=default_lm, inner_loop=TINY_INNER, max_answer_tokens=4)
+    agent = GRPOAgent(model, tokenizer, GRPOAgentConfig(num_generations=2, max_new_tokens=16, reward_signal="gain"))
+    history = train(agent, env, TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=1, eval_contexts=1))
 
-    assert history[1]["agent/steps"] == 2
+    assert history[1]["agent/steps"] == 1
     assert all(m["eval/errors"] < 1 for m in history), "the default model writes usable self-edits"
     weights = load_file(tmp_path / "generator" / "adapter_model.safetensors")
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items()), "GRPO updated the adapter"
