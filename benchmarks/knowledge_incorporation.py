@@ -275,17 +275,6 @@ def _evaluation_record(evaluation: Evaluation) -> dict[str, Any]:
     return {"metrics": {m: evaluation.metrics[m] for m in METRICS}, "items": evaluation.items}
 
 
-def _train_summary(result: TrainResult) -> dict[str, Any]:
-    return {
-        "final_loss": result.final_loss if result.epoch_losses else None,
-        "steps": result.steps,
-        "n_examples": result.n_examples,
-        "n_train_tokens": result.n_train_tokens,
-        "seconds": result.seconds,
-        "error": result.error,
-    }
-
-
 def train_and_evaluate(
     env: KnowledgeIncorporationEnv,
     examples: Sequence[TrainingExample],
@@ -437,7 +426,7 @@ class Benchmark:
             out["evaluation"] = self.env.baseline(index)
         return {
             **_evaluation_record(out["evaluation"]),
-            "train": _train_summary(result),
+            "train": result.summary(),
             "seconds": time.perf_counter() - start,
             "eval_seconds": out["eval_seconds"],
             "errors": errors,
@@ -517,7 +506,7 @@ class Benchmark:
                     evaluation = self.env.baseline(index)
                 record = {
                     **_evaluation_record(evaluation),
-                    "train": _train_summary(result),
+                    "train": result.summary(),
                     # sampling and training serve all N passages: each is charged 1/N of them
                     "seconds": (sampling + result.seconds) / len(self.indices) + seconds,
                     "eval_seconds": seconds,

@@ -100,17 +100,6 @@ class ContinualStep:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
-def _train_summary(result: TrainResult) -> dict[str, Any]:
-    return {
-        "final_loss": result.final_loss if result.epoch_losses else None,
-        "steps": result.steps,
-        "n_examples": result.n_examples,
-        "n_train_tokens": result.n_train_tokens,
-        "seconds": result.seconds,
-        "error": result.error,
-    }
-
-
 def run_continual(
     env: SelfAdaptEnv,
     stream: Sequence[int],
@@ -150,7 +139,7 @@ def run_continual(
         start = time.perf_counter()
         train = None
         if step > 0:
-            train = _train_summary(learner.incorporate(examples_for(learner, stream[step - 1]), stream[step - 1]))
+            train = learner.incorporate(examples_for(learner, stream[step - 1]), stream[step - 1]).summary()
         if step not in todo:
             continue
         scored = list(stream) if step == 0 else list(stream[:step])

@@ -126,6 +126,17 @@ class TrainResult:
         """Mean loss of the last completed epoch (NaN before one completes)."""
         return self.epoch_losses[-1] if self.epoch_losses else float("nan")
 
+    def summary(self) -> dict:
+        """The JSON-safe headline of the update (no per-step losses; None for a loss never measured)."""
+        return {
+            "final_loss": self.final_loss if self.epoch_losses else None,
+            "steps": self.steps,
+            "n_examples": self.n_examples,
+            "n_train_tokens": self.n_train_tokens,
+            "seconds": self.seconds,
+            "error": self.error,
+        }
+
 
 @dataclass
 class Adaptation:
