@@ -120,6 +120,8 @@ class TrainConfig:
         else:
             if not isinstance(kwargs, dict):
                 problems.append("env_kwargs must be a JSON object")
+            elif {"model", "inner_loop"} & set(kwargs):
+                problems.append("env_kwargs cannot set model or inner_loop: use --model and the --inner-* options")
         if isinstance(self.inner_loop, dict):
             self.inner_loop = InnerLoopConfig(**self.inner_loop)
         if problems:
@@ -333,11 +335,12 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _prepare_folder(directory: Path, config: TrainConfig, resume: bool, write: bool) -> None:
-    """Check that the output folder is new, or that a resumed run has the same settings; create the
-    folder and write the config when ``write`` (the main process)."""
+def check_run_folder(config: TrainConfig) -> None:
+    """Raise :class:`TrainSetupError` unless ``config.output_dir`` can take this job: a new run needs a
+    folder without a run in it; ``--resume`` needs a run with the same settings."""
+    directory = Path(config.output_dir)
     config_path = directory / CONFIG_FILE
-    if resume:
+    if config.resume:
         if not config_path.is_file():
             raise TrainSetupError(f"{directory}: no run to resume (no {CONFIG_FILE})")
         saved = json.loads(config_path.read_text(encoding="utf-8"))
@@ -346,13 +349,8 @@ def _prepare_folder(directory: Path, config: TrainConfig, resume: bool, write: b
         changed = sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
         if changed:
             raise TrainSetupError(f"{directory}: cannot resume with changed settings: {', '.join(changed)}")
-        return
-    if (directory / LOG_FILE).exists():
+    elif (directory / LOG_FILE).exists():
         raise TrainSetupError(f"{directory} already holds a run; pass --resume to continue it, or another --output-dir")
-    if not write:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(config_path, json.dumps(to_json_safe(config.to_dict()), indent=2) + "\n")
 
 
 def train(
@@ -373,7 +371,10 @@ def train(
     # On CPU, several processes (torchrun / accelerate launch) only form a group when asked for CPU.
     state = PartialState(cpu=pick_device(config.device).type == "cpu")
     directory = Path(config.output_dir)
-    _prepare_folder(directory, config, config.resume, write=state.is_main_process)
+    check_run_folder(config)
+    if state.is_main_process and not config.resume:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_atomic(directory / CONFIG_FILE, json.dumps(to_json_safe(config.to_dict()), indent=2) + "\n")
     state.wait_for_everyone()
     log = RunLog(directory, state.process_index)
     if config.resume:
