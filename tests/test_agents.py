@@ -15,7 +15,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import seal_env  # noqa: F401  (registers the environments)
-from agents.base import Round, StepRecord, StepRequest
+from agents.base import Round, StepRecord
 from agents.cli import add_train_arguments, configs_from_args
 from agents.generator import GeneratorConfig
 from agents.grpo import EnvReward, GRPOAgent, GRPOAgentConfig
