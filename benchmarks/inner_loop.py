@@ -388,7 +388,9 @@ def summarise(name: str, runs: list[Measurement], peak_gflops: float) -> dict[st
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a run of a few minutes: 1 round, 2 epochs, 4 lines per self-edit")
+    p.add_argument(
+        "--quick", action="store_true", help="a run of a few minutes: 1 round, 2 epochs, 4 lines per self-edit, 1 thread"
+    )
     p.add_argument("--json", type=Path, default=Path("results/inner_loop.json"), help="where to write the results")
     p.add_argument("--data", type=Path, help="passages JSON with self_edits (e.g. ../shared/data/squad_eval_passages.json)")
     p.add_argument("--generator", default="seal-iter2-qwen2.5-7b", help="whose self-edits to take from --data")
@@ -396,20 +398,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--self-edits", type=int, default=8, help="distinct self-edits (at least the largest K)")
     p.add_argument("--max-lines", type=int, help="keep at most this many lines (training sequences) per self-edit")
     p.add_argument("--epochs", type=int, help="inner-loop epochs (default: InnerLoopConfig's)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are over rounds")
+    p.add_argument("--rounds", type=int, help="interleaved rounds; medians are over rounds (default 3; --quick: 1)")
     p.add_argument("--ks", default="1,2,4,8", help="multi_lora sizes K")
     p.add_argument("--sequential-items", type=int, default=2, help="self-edits per round for (a)'s and (b)'s loops")
     p.add_argument("--reference-items", type=int, default=1, help="self-edits per round for the reference recipe")
-    p.add_argument("--reference-max-length", type=int, default=256, help=f"reference padding length (SEAL: {SEAL_MAX_LENGTH})")
-    p.add_argument("--max-answer-tokens", type=int, default=24, help="greedy answer length in evaluation")
+    p.add_argument(
+        "--reference-max-length", type=int, help=f"reference padding length (default 256; --quick: 128; SEAL: {SEAL_MAX_LENGTH})"
+    )
+    p.add_argument("--max-answer-tokens", type=int, help="greedy answer length in evaluation (default 24; --quick: 16)")
     p.add_argument("--max-batch-tokens", type=int, default=4096, help="multi_lora padded tokens per pass")
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.rounds, args.epochs = 1, args.epochs or 2
-        args.max_lines = args.max_lines or 4
-        args.max_answer_tokens, args.reference_max_length = 16, 128
+    # Explicit options win over the presets.
+    # --quick runs on one thread: on a shared CPU two threads per process fight for the cores and a
+    # quick run took 12 min instead of 2-4 (measured); --threads overrides it.
+    preset = dict(rounds=1, epochs=2, max_lines=4, max_answer_tokens=16, reference_max_length=128, threads=1) if args.quick else dict(
+        rounds=3, max_answer_tokens=24, reference_max_length=256
+    )
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.ks = sorted({int(k) for k in args.ks.split(",")})
     return args
 
