@@ -97,13 +97,13 @@ class ResultLog:
         self.config = _normalise(config)
         self._records: dict[tuple, dict[str, Any]] = {}
         if self.path.exists() and self.path.stat().st_size > 0:
-            self._load()
+            self._load(repair=True)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", encoding="utf-8") as f:
                 f.write(json.dumps({"config": self.config}) + "\n")
 
-    def _load(self) -> None:
+    def _load(self, *, repair: bool) -> None:
         with self.path.open("rb") as f:
             lines = f.read().split(b"\n")
         try:
@@ -128,10 +128,12 @@ class ResultLog:
                 if any(rest.strip() for rest in body[number - 1 :]):
                     raise ValueError(f"{self.path}: line {number} is not valid JSON") from None
                 # The last line was cut off by an interruption: drop it, so that the next append
-                # starts on a line of its own.
-                warnings.warn(f"{self.path}: ignoring the unfinished last line {number}")
-                with self.path.open("r+b") as f:
-                    f.truncate(offset)
+                # starts on a line of its own. (Not on reload: it may be another process's write
+                # in progress.)
+                if repair:
+                    warnings.warn(f"{self.path}: ignoring the unfinished last line {number}")
+                    with self.path.open("r+b") as f:
+                        f.truncate(offset)
                 return
             self._records[self.key(record)] = record
             offset += len(line) + 1
@@ -156,11 +158,20 @@ class ResultLog:
         """Write ``record`` (JSON-serialisable, with every key field) and flush it to disk."""
         record = _normalise(record)
         key = self.key(record)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # One write() of the whole line on an O_APPEND descriptor: worker processes sharing the log
+        # (a benchmark's --shard) never interleave parts of their lines.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._records[key] = record
+
+    def reload(self) -> None:
+        """Read the log again, taking in records that other processes appended since."""
+        self._records.clear()
+        self._load(repair=False)
 
 
 def write_json(path: str | Path, data: Any) -> None:

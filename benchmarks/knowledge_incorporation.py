@@ -119,6 +119,11 @@ class BenchmarkConfig:
     """Row keys to run (default: every row available)."""
     self_edits_per_passage: int = 1
     """K: self-edits used per passage and row (single mode: K updates, scores averaged)."""
+    shard: tuple[int, int] | None = None
+    """single mode: ``(i, n)`` runs only the passages whose index is ``i`` modulo ``n``, so that n
+    worker processes on one ``--out`` folder share the work (they append to the same logs). A
+    worker writes no outputs while other shards are unfinished; the last one to finish does, as
+    does a later run without a shard."""
     generator: Path | None = None
     """A trained generator: a PEFT adapter folder (``save_pretrained``) on the inner model, or a full
     checkpoint folder; adds the ``generator`` row."""
@@ -151,6 +156,12 @@ class BenchmarkConfig:
             raise ValueError("--n-passages is for the cpt and continual modes; use --limit in single mode")
         if self.mode != "single" and self.limit is not None:
             raise ValueError(f"--limit is for the single mode; use --n-passages in {self.mode} mode")
+        if self.shard is not None:
+            if self.mode != "single":
+                raise ValueError("--shard is for the single mode (cpt and continual train one model in sequence)")
+            index, count = self.shard
+            if not 0 <= index < count:
+                raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
         if self.mode != "single" and self.n_passages is None:
             self.n_passages = DEFAULT_N_PASSAGES[self.mode]
         for name in ("limit", "n_passages", "self_edits_per_passage", "sample_tokens", "bootstrap_resamples", "threads"):
@@ -389,6 +400,10 @@ class Benchmark:
         started = time.perf_counter()
         if self.config.mode == "single":
             self._run_single()
+            if self.config.shard is not None and not self._single_complete():
+                index, count = self.config.shard
+                print(f"shard {index}/{count} done; other shards are unfinished, so no outputs were written")
+                return {"mode": "single", "shard": [index, count], "complete": False}
         elif self.config.mode == "cpt":
             self._run_cpt()
         else:
@@ -458,8 +473,15 @@ class Benchmark:
             "errors": errors,
         }
 
+    def _single_complete(self) -> bool:
+        """Whether every (row, passage) unit is in the log, reading what other shards appended."""
+        self.log.reload()
+        return all((row.key, i) in self.log for i in self.indices for row in self.rows)
+
     def _run_single(self) -> None:
-        todo = [(i, row) for i in self.indices for row in self.rows if (row.key, i) not in self.log]
+        shard = self.config.shard
+        indices = [i for i in self.indices if shard is None or i % shard[1] == shard[0]]
+        todo = [(i, row) for i in indices for row in self.rows if (row.key, i) not in self.log]
         for index, row in tqdm(todo, desc="passage x row", disable=not todo):
             if row.kind == "none":
                 record = self._single_base(index)
@@ -753,6 +775,15 @@ def plot_heat_maps(summary: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------------------------------- CLI
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` for ``--shard``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/2), got {text!r}") from None
+    return index, count
+
+
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="passages JSON (e.g. ../shared/data/squad_eval_passages.json)")
@@ -762,6 +793,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--n-passages", type=int, help="cpt/continual: number of passages (default: cpt 10, continual 8)")
     p.add_argument("--rows", help="comma-separated row keys (base, passage, untrained, the file's self-edit sets, generator)")
     p.add_argument("--self-edits-per-passage", type=int, default=1, help="K self-edits per passage and row (single: K updates, averaged)")
+    p.add_argument("--shard", type=parse_shard, help="I/N: single mode, run only passages with index %% N == I (N workers share one --out)")
     p.add_argument("--generator", type=Path, help="trained generator: PEFT adapter folder (or full checkpoint); adds the 'generator' row")
     p.add_argument("--model", help="inner model (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--inner-loop", choices=("default", "seal"), default="default", help="LoRA update settings")

@@ -196,6 +196,39 @@ def test_interrupted_run_resumes_to_the_same_result_without_redoing_rows(data_fi
             assert got["metrics"][metric]["mean"] == pytest.approx(want["metrics"][metric]["mean"], abs=1e-5)
 
 
+def test_shards_share_one_folder_and_the_last_one_writes_the_whole_result(data_file, tmp_path, tiny_lm):
+    rows = ["base", "passage", "set-a"]
+    model, tokenizer = tiny_lm
+    reference = bench.Benchmark(make_config(data_file, tmp_path / "full", rows=rows), model=tiny_lm).run()
+
+    out = tmp_path / "sharded"
+    first = bench.Benchmark(make_config(data_file, out, rows=rows, shard=(1, 2)), model=(copy.deepcopy(model), tokenizer))
+    assert first.run()["complete"] is False  # passage 0 (shard 0/2) is still missing
+    assert {r["passage"] for r in log_records(out / "single.log.jsonl")} == {1}
+    assert not (out / "single.json").exists()
+    last = bench.Benchmark(make_config(data_file, out, rows=rows, shard=(0, 2)), model=(copy.deepcopy(model), tokenizer))
+    summary = last.run()
+
+    records = log_records(out / "single.log.jsonl")
+    assert len(records) == 6 and len({(r["row"], r["passage"]) for r in records}) == 6
+    assert json.loads((out / "single.json").read_text())["rows"] == summary["rows"]
+    for got, want in zip(summary["rows"], reference["rows"]):
+        for metric in bench.METRICS:
+            assert got["metrics"][metric]["mean"] == pytest.approx(want["metrics"][metric]["mean"], abs=1e-5)
+
+
+def test_result_log_reload_sees_another_writers_records_and_keeps_their_unfinished_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    mine = _common.ResultLog(path, {"seed": 0}, ("row", "passage"))
+    theirs = _common.ResultLog(path, {"seed": 0}, ("row", "passage"))
+    theirs.append({"row": "base", "passage": 1})
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"row": "base", "passage": 2')  # another writer's line, still being written
+    mine.reload()
+    assert ("base", 1) in mine and ("base", 2) not in mine
+    assert path.read_text(encoding="utf-8").endswith('"passage": 2')  # not truncated by a reader
+
+
 def test_a_changed_setting_refuses_to_resume_into_the_same_folder(data_file, tmp_path, tiny_lm):
     bench.Benchmark(make_config(data_file, tmp_path / "out", rows=["base"]), model=tiny_lm).run()
     with pytest.raises(ValueError, match="max_answer_tokens"):
@@ -221,6 +254,8 @@ def test_generator_row_samples_from_a_saved_peft_adapter(data_file, tmp_path, ti
         (dict(n_passages=2), "--limit"),
         (dict(rows=["nope"]), "unknown row"),
         (dict(mode="cpt", n_passages=3), "only 2 passages"),
+        (dict(shard=(2, 2)), "0 <= I < N"),
+        (dict(mode="cpt", shard=(0, 2)), "--shard is for the single mode"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(data_file, tmp_path, tiny_lm, overrides, message):
@@ -306,5 +341,8 @@ def test_run_continual_replays_done_steps_to_the_same_state(tiny_lm):
 def test_command_line_maps_onto_the_config_and_reports_bad_input(data_file, tmp_path, capsys):
     config = bench.parse_args(["--data", str(data_file), "--out", str(tmp_path), "--rows", "base, set-a", "--mode", "cpt"])
     assert config.rows == ["base", "set-a"] and config.n_passages == bench.DEFAULT_N_PASSAGES["cpt"]
+    assert bench.parse_args(["--data", str(data_file), "--out", str(tmp_path), "--shard", "1/3"]).shard == (1, 3)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", str(data_file), "--out", str(tmp_path), "--shard", "one"])
     assert bench.main(["--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
     assert "no such passages file" in capsys.readouterr().err
