@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -192,6 +193,22 @@ def test_rest_em_round_on_a_tiny_model_env_writes_every_output(rest_em_run, toke
     loaded = PeftModel.from_pretrained(make_tiny_model(tokenizer), adapter)
     trained = rest_em_run.agent.model.state_dict()
     assert all(torch.equal(tensor, trained[name]) for name, tensor in loaded.state_dict().items() if "lora_" in name)
+
+
+def test_held_out_rounds_summary_agrees_with_the_run_metrics(rest_em_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import held_out_rounds
+
+    summary = held_out_rounds.summarise(rest_em_run.directory, n_resamples=200)
+    history = rest_em_run.history
+    assert [r["round"] for r in summary["rounds"]] == [0, 1] and summary["n_held_out_contexts"] == 1
+    for entry, metrics in zip(summary["rounds"], history):
+        assert entry["reward"]["mean"] == pytest.approx(metrics["eval/reward"])
+        assert entry["score"]["mean"] == pytest.approx(metrics["eval/score"])
+    difference = summary["rounds"][1]["score_vs_round_0"]["mean"]
+    assert difference == pytest.approx(history[1]["eval/score"] - history[0]["eval/score"])
+    assert held_out_rounds.main([str(rest_em_run.directory), "--out", str(tmp_path), "--bootstrap-resamples", "200"]) == 0
+    assert "Δ score vs round 0" in (tmp_path / "held_out_rounds.md").read_text(encoding="utf-8")
 
 
 def test_run_killed_mid_round_and_resumed_equals_an_uninterrupted_run(rest_em_run, tokenizer, tmp_path):

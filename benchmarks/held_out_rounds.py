@@ -1,0 +1,118 @@
+"""Did a `seal-env train` run learn? Held-out reward and score per round, with bootstrap intervals.
+
+Reads the log of a finished (or stopped) run folder and reports, for every round's held-out
+evaluation (the same held-out contexts each round, never trained on):
+
+* mean reward and mean score (the adapted inner model's score; an unusable self-edit counts with the
+  baseline's), each with a 95% bootstrap interval over held-out contexts (a context's samples are
+  averaged first: they share a context, so they are not independent);
+* the paired difference from round 0 (the untrained generator) over the same contexts;
+* the share of unusable self-edits, and the mean length of the self-edits (lines, characters).
+
+Prints a markdown table and writes it with the numbers as JSON::
+
+    python benchmarks/held_out_rounds.py runs/rest-em-long --out results/rest_em_long
+
+Do not point it at a run that is still writing: reading the log drops a last line cut short (a
+crash's, or one being written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from _common import bootstrap_ci, format_interval, markdown_table, write_json
+
+from agents.base import EVAL, StepRecord
+from agents.runner import RunLog, step_score
+
+
+def per_context_means(records: Sequence[StepRecord], value) -> dict[int, float]:
+    """``value(record)`` averaged over each context's samples."""
+    by_context: dict[int, list[float]] = {}
+    for record in records:
+        by_context.setdefault(record.context_index, []).append(value(record))
+    return {context: float(np.mean(values)) for context, values in sorted(by_context.items())}
+
+
+def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    log = RunLog(run_dir)
+    log.read()
+    if not log.rounds:
+        raise ValueError(f"{run_dir}: no finished round in the log")
+    values = {"reward": lambda r: float(r.reward), "score": lambda r: float(step_score(r))}
+    first: dict[str, dict[int, float]] = {}
+    rounds = []
+    for metrics in log.rounds:
+        records = log.records(metrics["round"], EVAL)
+        entry: dict[str, Any] = {"round": metrics["round"], "n_steps": len(records)}
+        for name, value in values.items():
+            means = per_context_means(records, value)
+            first.setdefault(name, means)
+            entry[name] = bootstrap_ci(list(means.values()), n_resamples=n_resamples, seed=seed).to_dict()
+            if metrics["round"] > 0:
+                if set(means) != set(first[name]):
+                    raise ValueError(f"{run_dir}: round {metrics['round']} has other held-out contexts than round 0")
+                differences = [means[c] - first[name][c] for c in means]
+                entry[f"{name}_vs_round_0"] = bootstrap_ci(differences, n_resamples=n_resamples, seed=seed).to_dict()
+        entry["errors"] = float(np.mean([r.info.get("error") is not None for r in records]))
+        entry["lines"] = float(np.mean([len([x for x in r.self_edit.splitlines() if x.strip()]) for r in records]))
+        entry["chars"] = float(np.mean([len(r.self_edit) for r in records]))
+        rounds.append(entry)
+    return {"run": str(run_dir), "n_held_out_contexts": len(first["reward"]), "rounds": rounds}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    header = [
+        "round",
+        "held-out reward",
+        "Δ reward vs round 0",
+        "held-out score",
+        "Δ score vs round 0",
+        "unusable",
+        "lines / self-edit",
+        "chars / self-edit",
+    ]
+    rows = []
+    for entry in summary["rounds"]:
+        delta = lambda name: format_interval(entry[name], digits=3) if name in entry else "—"  # noqa: E731
+        rows.append(
+            [
+                entry["round"],
+                format_interval(entry["reward"], digits=3),
+                delta("reward_vs_round_0"),
+                format_interval(entry["score"], digits=3),
+                delta("score_vs_round_0"),
+                f"{entry['errors']:.0%}",
+                f"{entry['lines']:.1f}",
+                f"{entry['chars']:.0f}",
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="output folder of a seal-env train run")
+    parser.add_argument("--out", type=Path, help="folder for held_out_rounds.json and .md (default: print only)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    try:
+        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = markdown(summary)
+    print(table)
+    if args.out:
+        write_json(args.out / "held_out_rounds.json", summary)
+        (args.out / "held_out_rounds.md").write_text(table, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
