@@ -27,7 +27,7 @@ from typing import Any, Literal, Sequence
 from agents.generator import GeneratorConfig
 from agents.grpo import GRPOAgent, GRPOAgentConfig
 from agents.rest_em import RestEMAgent, RestEMConfig
-from agents.runner import TrainConfig, TrainSetupError, check_run_folder, train
+from agents.runner import TrainConfig, TrainSetupError, agent_settings, check_run_folder, train
 from agents.stepping import make_env
 
 AGENTS: dict[str, tuple[type, type]] = {
@@ -195,7 +195,7 @@ def run_job(config: TrainConfig, agent_config: GeneratorConfig) -> list[dict[str
     import seal_env  # noqa: F401  (registers the environments)
     from seal_env.models import load_model, pick_device
 
-    check_run_folder(config)  # before minutes of loading
+    check_run_folder(config, agent_settings(config.agent, agent_config))  # before minutes of loading
     datasets.disable_progress_bars()  # the dataset preparation of every round would print several bars
     # Transformers 5 renamed gradient checkpointing; PEFT and TRL still ask for the old name.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -6,7 +6,7 @@ from the training pool and then evaluates on the same held-out contexts (never t
 output folder holds:
 
 ``config.json``
-    the job's settings.
+    the job's settings, and the agent's under ``agent_config``.
 ``steps.jsonl``
     the append-only log: the self-edits of each round (written before they are stepped) and every
     environment step's result (written as each step completes), then one ``"round"`` line per
@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -335,16 +335,36 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def check_run_folder(config: TrainConfig) -> None:
+def agent_settings(name: str, config: Any) -> dict[str, Any] | None:
+    """An agent's own settings as JSON: its name and its ``config`` dataclass (as the built-in agents
+    have), or None when ``config`` is not a dataclass."""
+    return {"agent": name, **to_json_safe(asdict(config))} if is_dataclass(config) else None
+
+
+def run_settings(config: TrainConfig, agent_config: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``config.json`` holds: the job's settings and, under ``agent_config``, the agent's."""
+    settings = to_json_safe(config.to_dict())
+    if agent_config is not None:
+        settings["agent_config"] = agent_config
+    return settings
+
+
+def check_run_folder(config: TrainConfig, agent_config: dict[str, Any] | None = None) -> None:
     """Raise :class:`TrainSetupError` unless ``config.output_dir`` can take this job: a new run needs a
-    folder without a run in it; ``--resume`` needs a run with the same settings."""
+    folder without a run in it; ``--resume`` needs a run with the same settings (the agent's
+    settings too, when ``agent_config`` is given: see :func:`agent_settings`)."""
     directory = Path(config.output_dir)
     config_path = directory / CONFIG_FILE
     if config.resume:
         if not config_path.is_file():
             raise TrainSetupError(f"{directory}: no run to resume (no {CONFIG_FILE})")
         saved = json.loads(config_path.read_text(encoding="utf-8"))
-        current = to_json_safe(config.to_dict())
+        current = run_settings(config, agent_config)
+        if agent_config is not None:  # name the agent's settings that differ, not just "agent_config"
+            saved_agent = saved.pop("agent_config", None) or {}
+            current.pop("agent_config")
+            saved.update({f"agent_config.{k}": v for k, v in saved_agent.items()})
+            current.update({f"agent_config.{k}": v for k, v in agent_config.items()})
         ignored = ("resume", "output_dir")  # the folder may be named differently (a relative path, say)
         changed = sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
         if changed:
@@ -371,10 +391,11 @@ def train(
     # On CPU, several processes (torchrun / accelerate launch) only form a group when asked for CPU.
     state = PartialState(cpu=pick_device(config.device).type == "cpu")
     directory = Path(config.output_dir)
-    check_run_folder(config)
+    settings = agent_settings(getattr(agent, "name", type(agent).__name__), getattr(agent, "config", None))
+    check_run_folder(config, settings)
     if state.is_main_process and not config.resume:
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / CONFIG_FILE, json.dumps(to_json_safe(config.to_dict()), indent=2) + "\n")
+        _write_atomic(directory / CONFIG_FILE, json.dumps(run_settings(config, settings), indent=2) + "\n")
     state.wait_for_everyone()
     log = RunLog(directory, state.process_index)
     if config.resume:

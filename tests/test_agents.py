@@ -21,7 +21,7 @@ from agents.cli import add_train_arguments, configs_from_args
 from agents.generator import GeneratorConfig
 from agents.grpo import EnvReward, GRPOAgent, GRPOAgentConfig
 from agents.rest_em import RestEMAgent, RestEMConfig, select_self_edits
-from agents.runner import TrainConfig, TrainSetupError, train
+from agents.runner import TrainConfig, TrainSetupError, agent_settings, check_run_folder, train
 from agents.stepping import SequentialStepper
 from conftest import make_tiny_model
 from seal_env.inner_loop import InnerLoopConfig
@@ -306,6 +306,13 @@ def test_a_finished_run_folder_is_not_overwritten_and_resume_needs_the_same_sett
     with pytest.raises(TrainSetupError, match="contexts_per_round"):
         changed = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=2, eval_contexts=1, resume=True)
         train(agent, env, changed, stepper=SequentialStepper(env))
+    # The agent's own settings are part of the run too: config.json holds them, and resume checks them.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["agent_config"]["agent"] == "rest-em" and saved["agent_config"]["samples_per_context"] == 1
+    resume = TrainConfig(output_dir=str(tmp_path), rounds=1, contexts_per_round=1, eval_contexts=1, resume=True)
+    with pytest.raises(TrainSetupError, match=r"agent_config\.learning_rate"):
+        check_run_folder(resume, agent_settings("rest-em", RestEMConfig(samples_per_context=1, learning_rate=0.5, **TINY_GENERATION)))
+    check_run_folder(resume, agent_settings("rest-em", agent.config))  # the same settings resume
 
 
 # ---------------------------------------------------------------------- a user's own agent
