@@ -203,11 +203,12 @@ class RunLog:
         self.proposals: dict[tuple[int, str], list[list[str]]] = {}
         self.rounds: list[dict[str, Any]] = []
 
-    def read(self) -> None:
+    def read(self, *, repair: bool = True) -> None:
         """Load every log file of the run (all processes' step logs). A last line cut off by a crash
-        is dropped from the file; any other malformed line is an error."""
+        is ignored, and with ``repair`` also dropped from the file (a reader that must not write,
+        or a run still writing, passes ``repair=False``); any other malformed line is an error."""
         for path in sorted(self.directory.glob("steps*.jsonl")):
-            for entry in _read_jsonl(path):
+            for entry in _read_jsonl(path, repair=repair):
                 kind = entry.pop("kind")
                 if kind == "step":
                     record = StepRecord(**entry)
@@ -231,7 +232,7 @@ class RunLog:
             os.fsync(f.fileno())
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, *, repair: bool) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     entries = []
@@ -242,8 +243,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             entries.append(json.loads(line))
         except json.JSONDecodeError:
             if number == len(lines):  # the crash cut the last write short: drop it
-                with path.open("r+", encoding="utf-8") as f:
-                    f.truncate(len(text.encode("utf-8")) - len(line.encode("utf-8")))
+                if repair:
+                    with path.open("r+", encoding="utf-8") as f:
+                        f.truncate(len(text.encode("utf-8")) - len(line.encode("utf-8")))
                 break
             raise ValueError(f"{path}, line {number}: not valid JSON") from None
     return entries

@@ -13,8 +13,8 @@ Prints a markdown table and writes it with the numbers as JSON::
 
     python benchmarks/held_out_rounds.py runs/rest-em-long --out results/rest_em_long
 
-Do not point it at a run that is still writing: reading the log drops a last line cut short (a
-crash's, or one being written).
+It only reads: a last line cut short (a crash's, or one being written by a run still going) is
+ignored and left in the file, so it can also look at a run in progress (its finished rounds).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def per_context_means(records: Sequence[StepRecord], value) -> dict[int, float]:
 
 def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
     log = RunLog(run_dir)
-    log.read()
+    log.read(repair=False)  # never write to the run's log
     if not log.rounds:
         raise ValueError(f"{run_dir}: no finished round in the log")
     values = {"reward": lambda r: float(r.reward), "score": lambda r: float(step_score(r))}
