@@ -147,6 +147,37 @@ class Adaptation:
     result: TrainResult
 
 
+def adamw(param_groups: list[dict]) -> torch.optim.AdamW:
+    """AdamW over ``param_groups`` (each with its ``params``, ``lr`` and ``weight_decay``).
+
+    Fused (one kernel over all tensors) where torch has the kernel: on a CPU the default per-tensor
+    loop costs ~0.05-0.1 s per step for the ~400 LoRA tensors of the default model, a fifth of a
+    one-sentence step. Same arithmetic, so the same updates.
+    """
+    device = param_groups[0]["params"][0].device
+    return torch.optim.AdamW(param_groups, fused=device.type in ("cpu", "cuda"))
+
+
+@torch.no_grad()
+def clip_grad_norms_(groups: Sequence[Sequence[torch.Tensor]], max_norms: Sequence[float]) -> None:
+    """Clip each group's gradients by the group's own total 2-norm, as
+    ``torch.nn.utils.clip_grad_norm_(group, max_norm)`` does for one group (same formula).
+
+    Written out because ``clip_grad_norm_`` takes one norm per tensor in a Python loop on a CPU (its
+    foreach path is CUDA-only); here one ``_foreach_norm`` covers every tensor of every group. A group
+    with ``max_norm <= 0`` or no gradients is left alone.
+    """
+    grads = [[p.grad for p in group if p.grad is not None] for group in groups]
+    norms = torch._foreach_norm([g for group in grads for g in group])
+    first = 0
+    for group, max_norm in zip(grads, max_norms):
+        group_norms, first = norms[first : first + len(group)], first + len(group)
+        if not group or max_norm <= 0:
+            continue
+        total = torch.linalg.vector_norm(torch.stack(group_norms))
+        torch._foreach_mul_(group, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+
+
 def train_lora(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -170,7 +201,7 @@ def train_lora(
         result.error = "no training examples with at least one target token"
         return result
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = adamw([{"params": params, "lr": config.learning_rate, "weight_decay": config.weight_decay}])
     shuffle = torch.Generator().manual_seed(config.seed)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -189,8 +220,7 @@ def train_lora(
                 result.seconds = time.perf_counter() - start
                 return result
             loss.backward()
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            clip_grad_norms_([params], [config.max_grad_norm])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             result.losses.append(loss.item())
