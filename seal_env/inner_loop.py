@@ -167,13 +167,17 @@ def clip_grad_norms_(groups: Sequence[Sequence[torch.Tensor]], max_norms: Sequen
     foreach path is CUDA-only); here one ``_foreach_norm`` covers every tensor of every group. A group
     with ``max_norm <= 0`` or no gradients is left alone.
     """
-    grads = [[p.grad for p in group if p.grad is not None] for group in groups]
-    norms = torch._foreach_norm([g for group in grads for g in group])
+    clipped = []
+    for group, max_norm in zip(groups, max_norms):
+        grads = [p.grad for p in group if p.grad is not None]
+        if grads and max_norm > 0:
+            clipped.append((grads, max_norm))
+    if not clipped:  # e.g. every adapter of a step failed: nothing to norm (foreach needs a tensor)
+        return
+    norms = torch._foreach_norm([g for grads, _ in clipped for g in grads])
     first = 0
-    for group, max_norm in zip(grads, max_norms):
+    for group, max_norm in clipped:
         group_norms, first = norms[first : first + len(group)], first + len(group)
-        if not group or max_norm <= 0:
-            continue
         total = torch.linalg.vector_norm(torch.stack(group_norms))
         torch._foreach_mul_(group, torch.clamp(max_norm / (total + 1e-6), max=1.0))
 

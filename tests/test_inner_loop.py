@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import weights_digest
-from seal_env.inner_loop import InnerLoopConfig, adapted
+from seal_env.inner_loop import InnerLoopConfig, adapted, clip_grad_norms_
 from seal_env.lm import TrainingExample, tokenize_example
 from seal_env.scoring import answer_log_likelihoods
 
@@ -103,3 +103,32 @@ def test_seal_preset_matches_the_paper():
     seal = InnerLoopConfig.seal()
     assert (seal.rank, seal.alpha, seal.epochs, seal.learning_rate, seal.batch_size) == (32, 64.0, 10, 1e-3, 1)
     assert InnerLoopConfig.seal(epochs=2).epochs == 2
+
+
+def test_clip_grad_norms_clips_each_group_as_torch_clips_one():
+    torch.manual_seed(0)
+
+    def params(scale):
+        out = [torch.nn.Parameter(torch.zeros(3, 4)) for _ in range(3)]
+        for p in out[:2]:  # the third has no gradient, as a finished adapter's
+            p.grad = scale * torch.randn(3, 4)
+        return out
+
+    groups = [params(10.0), params(0.01), params(10.0), [torch.nn.Parameter(torch.zeros(2))]]
+    expected = [[p.grad.clone() if p.grad is not None else None for p in g] for g in groups]
+    for grads in expected[:2]:  # torch's own clipping, one group at a time, in place on the copies
+        reference = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads if g is not None]
+        for p, g in zip(reference, grads):
+            p.grad = g
+        torch.nn.utils.clip_grad_norm_(reference, 1.0)
+
+    clip_grad_norms_(groups, [1.0, 1.0, 0.0, 1.0])
+
+    for group, grads in zip(groups[:2], expected[:2]):
+        for p, g in zip(group, grads):
+            assert (p.grad is None) == (g is None)
+            if g is not None:
+                assert torch.equal(p.grad, g)
+    assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in groups[0][:2]])) < 1.0 + 1e-5
+    assert all(torch.equal(p.grad, g) for p, g in zip(groups[2][:2], expected[2][:2]))  # max_norm 0: untouched
+    clip_grad_norms_([[torch.nn.Parameter(torch.zeros(2))]], [1.0])  # no gradients anywhere: nothing to do
