@@ -97,22 +97,27 @@ class _Routing:
 
     ``runs`` lists ``(adapter, first_row, end_row)`` for consecutive rows with the same adapter;
     ``n_rows`` is the batch size they cover (``None``: one adapter for any batch size);
-    ``run_adapters`` holds the runs' adapters as a tensor on the model's device.
+    ``run_adapters`` holds the runs' adapters as a tensor on the model's device;
+    ``all_adapters_in_order`` says they are 0, 1, ..., K-1 (the stacked weights serve as they are).
     """
 
     runs: list[tuple[int, int, int]] | None = None
     n_rows: int | None = None
     run_adapters: torch.Tensor | None = None
+    all_adapters_in_order: bool = False
 
 
 class MultiLoRALinear(torch.nn.Module):
     """A frozen ``nn.Linear`` plus K LoRA pairs; each batch row uses the pair of its adapter.
 
     ``y = base(x) + B[k] @ (scaling[k] * A[k] @ dropout(x))`` for a row owned by adapter ``k``; the
-    LoRA branch runs in the adapters' dtype (float32), as in PEFT. Rows are routed in runs of
-    consecutive rows (a batch sorted by adapter has one run per adapter). Runs of equal length (the
-    usual case: every adapter contributes ``batch_size`` rows, or one passage's questions) go through
-    two batched matmuls over the stacked adapters; otherwise each run costs two small matmuls.
+    LoRA branch runs in the adapters' dtype (float32), as in PEFT. The K pairs are stored stacked,
+    ``lora_A`` ``[K, r, in]`` and ``lora_B`` ``[K, out, r]``, so a pass over all adapters uses them
+    as they are (no per-pass stacking, one dense gradient per layer instead of K small ones to
+    accumulate). Rows are routed in runs of consecutive rows (a batch sorted by adapter has one run
+    per adapter). Runs of equal length (the usual case: every adapter contributes ``batch_size``
+    rows, or one passage's questions) go through two batched matmuls, the second fused with the
+    addition to the base output; otherwise each run costs two small matmuls.
     """
 
     def __init__(
@@ -125,10 +130,10 @@ class MultiLoRALinear(torch.nn.Module):
     ):
         super().__init__()
         self.base = base
-        self.lora_A = torch.nn.ParameterList([torch.nn.Parameter(a.clone()) for a, _ in weights])
-        self.lora_B = torch.nn.ParameterList([torch.nn.Parameter(b.clone()) for _, b in weights])
+        self.lora_A = torch.nn.Parameter(torch.stack([a for a, _ in weights]))
+        self.lora_B = torch.nn.Parameter(torch.stack([b for _, b in weights]))
         self.scalings = list(scalings)
-        self.register_buffer("scaling_tensor", torch.tensor(self.scalings, dtype=self.lora_A[0].dtype, device=base.weight.device))
+        self.register_buffer("scaling_tensor", torch.tensor(self.scalings, dtype=self.lora_A.dtype, device=base.weight.device))
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
         self.routing = routing
 
@@ -139,28 +144,34 @@ class MultiLoRALinear(torch.nn.Module):
             raise RuntimeError("MultiLoRALinear needs a route: run the model inside `with run.route(owners):`")
         if n_rows is not None and x.shape[0] != n_rows:
             raise RuntimeError(f"the route covers {n_rows} rows but the batch has {x.shape[0]}")
-        lora_x = self.dropout(x.to(self.lora_A[0].dtype))
+        lora_x = self.dropout(x.to(self.lora_A.dtype))
+        base = result.to(lora_x.dtype)
 
         def delta(adapter: int, rows: torch.Tensor) -> torch.Tensor:
             # Scaling the rank-r intermediate (not the output, as PEFT does) costs out/r times less.
             return F.linear(F.linear(rows, self.lora_A[adapter]) * self.scalings[adapter], self.lora_B[adapter])
 
         if len(runs) == 1:
-            out = result + delta(runs[0][0], lora_x)
+            adapter = runs[0][0]
+            hidden = F.linear(lora_x, self.lora_A[adapter]) * self.scalings[adapter]
+            out = torch.addmm(base.flatten(0, -2), hidden.flatten(0, -2), self.lora_B[adapter].T).view_as(result)
         elif len({end - start for _, start, end in runs}) == 1:
-            adapters = [k for k, _, _ in runs]
-            a = torch.stack([self.lora_A[k] for k in adapters])  # [runs, r, in]
-            b = torch.stack([self.lora_B[k] for k in adapters])  # [runs, out, r]
-            scalings = self.scaling_tensor[self.routing.run_adapters]
+            if self.routing.all_adapters_in_order:
+                a, b, scalings = self.lora_A, self.lora_B, self.scaling_tensor
+            else:
+                chosen = self.routing.run_adapters
+                a, b, scalings = self.lora_A[chosen], self.lora_B[chosen], self.scaling_tensor[chosen]
             grouped = lora_x.reshape(len(runs), -1, lora_x.shape[-1])  # [runs, rows per run * positions, in]
             hidden = torch.bmm(grouped, a.transpose(1, 2)) * scalings[:, None, None]
-            out = result + torch.bmm(hidden, b.transpose(1, 2)).reshape(result.shape)
+            out = torch.baddbmm(base.reshape(len(runs), -1, base.shape[-1]), hidden, b.transpose(1, 2)).view_as(result)
         else:
-            out = result + torch.cat([delta(k, lora_x[start:end]) for k, start, end in runs])
+            out = base + torch.cat([delta(k, lora_x[start:end]) for k, start, end in runs])
         return out.to(result.dtype)
 
-    def adapter_parameters(self, adapter: int) -> list[torch.nn.Parameter]:
-        return [self.lora_A[adapter], self.lora_B[adapter]]
+    def adapter_tensors(self, adapter: int) -> list[tuple[torch.Tensor, torch.nn.Parameter]]:
+        """``(weight, stacked)`` pairs of one adapter: its A and B as views into the stacked
+        parameters (written in place, e.g. by an optimiser), each with the parameter it slices."""
+        return [(stacked.detach()[adapter], stacked) for stacked in (self.lora_A, self.lora_B)]
 
 
 # ------------------------------------------------------------------------------ initial weights
@@ -331,13 +342,15 @@ class MultiAdaptation:
                 runs.append((owners[start], start, row))
                 start = row
         routing = self._routing
-        previous = (routing.runs, routing.n_rows, routing.run_adapters)
+        previous = (routing.runs, routing.n_rows, routing.run_adapters, routing.all_adapters_in_order)
+        run_adapters = [k for k, _, _ in runs]
         routing.runs, routing.n_rows = runs, n_rows
-        routing.run_adapters = torch.tensor([k for k, _, _ in runs], device=self._device)
+        routing.run_adapters = torch.tensor(run_adapters, device=self._device)
+        routing.all_adapters_in_order = run_adapters == list(range(self.num_adapters))
         try:
             yield
         finally:
-            routing.runs, routing.n_rows, routing.run_adapters = previous
+            routing.runs, routing.n_rows, routing.run_adapters, routing.all_adapters_in_order = previous
 
     def lora_weights(self, adapter: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Adapter ``adapter``'s ``(A, B)`` per adapted module, named as in the base model (the
@@ -358,8 +371,13 @@ class MultiAdaptation:
         start = time.perf_counter()
         stats = self.stats
         stats.adapters = len(adapters)
-        for index, a in enumerate(adapters):
-            a.params = [p for layer in self.layers.values() for p in layer.adapter_parameters(index)]
+        # The optimiser sees each adapter's weights as views into the stacked parameters (one group
+        # per adapter: its own learning rate, weight decay and step count); before each step a
+        # view's gradient is pointed at its slice of the stacked gradient, or None to skip it.
+        stacked_params = [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+        tensors = [[pair for layer in self.layers.values() for pair in layer.adapter_tensors(index)] for index in range(len(adapters))]
+        for a, pairs in zip(adapters, tensors):
+            a.params = [view for view, _ in pairs]
         optimizer = adamw(
             [{"params": a.params, "lr": a.config.learning_rate, "weight_decay": a.config.weight_decay} for a in adapters]
         )
@@ -402,10 +420,8 @@ class MultiAdaptation:
                 epoch = a.batches[step][0]
                 loss_i = loss_sums[i].item() / targets[i].item()
                 if not math.isfinite(loss_i):
-                    live[i] = False
+                    live[i] = False  # not updated below: its views get no gradient
                     a.result.error = f"non-finite training loss ({loss_i}) at epoch {epoch + 1}, step {a.result.steps + 1}"
-                    for p in a.params:
-                        p.grad = None  # skipped by AdamW: the failed adapter is not updated
                     a.result.seconds = time.perf_counter() - start
                     continue
                 a.result.losses.append(loss_i)
@@ -414,9 +430,15 @@ class MultiAdaptation:
                     a.result.epoch_losses.append(sum(a.result.losses[-a.steps_per_epoch :]) / a.steps_per_epoch)
                 if a.result.steps == len(a.batches):
                     a.result.seconds = time.perf_counter() - start
+            for i, pairs in enumerate(tensors):
+                updated = live[i] and i in active
+                for view, stacked in pairs:
+                    view.grad = stacked.grad[i] if updated and stacked.grad is not None else None
             clip_grad_norms_([a.params for a in adapters], [a.config.max_grad_norm for a in adapters])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            for p in stacked_params:
+                p.grad = None
             stats.steps += 1
         self.model.eval()
         stats.seconds = time.perf_counter() - start

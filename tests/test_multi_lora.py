@@ -120,8 +120,11 @@ def test_rows_are_routed_through_their_own_adapter(tiny_lm):
         alone = [logits(adapter, ids[row : row + 1]) for row, adapter in enumerate([0, 1, 1])]
         # Runs of unequal length (one pair of matmuls per run) and of equal length (batched matmuls).
         torch.testing.assert_close(logits([0, 1, 1], ids), torch.cat(alone), atol=1e-5, rtol=1e-5)
+        # Equal runs through a subset of the adapters (gathered) and through all of them in order.
         expected = torch.cat([logits(2, ids[:1]), logits(0, ids[1:2])])
         torch.testing.assert_close(logits([2, 0], ids[:2]), expected, atol=1e-5, rtol=1e-5)
+        expected = torch.cat([logits(adapter, ids[adapter : adapter + 1]) for adapter in range(3)])
+        torch.testing.assert_close(logits([0, 1, 2], ids), expected, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(logits(1, ids[:1]), alone[0])  # the adapters differ
         with pytest.raises(RuntimeError, match="route covers 2 rows"):
             logits([0, 1], ids)
