@@ -15,8 +15,9 @@ How the K updates stay independent although they share every pass:
   mini-batch, exactly the loss :func:`~seal_env.inner_loop.train_lora` minimises for that adapter
   alone, so every adapter's gradient is scaled as in separate training.
 * **Optimiser.** One ``torch.optim.AdamW`` with one parameter group per adapter (its own learning rate
-  and weight decay). AdamW is elementwise, so this equals K separate optimisers; an adapter with no
-  rows in a step has no gradient and is skipped (its step count stays its own).
+  and weight decay) over views of that adapter's slices of the stacked weights. AdamW is elementwise,
+  so this equals K separate optimisers; an adapter with no rows in a step has no gradient and is
+  skipped (its step count stays its own).
 * **Clipping.** Each adapter's gradient is clipped by its own norm, as ``train_lora`` clips the one
   adapter it trains.
 * **Order and initialisation.** Adapter i sees its examples in the order ``train_lora`` would use
