@@ -148,14 +148,13 @@ class MultiLoRALinear(torch.nn.Module):
         lora_x = self.dropout(x.to(self.lora_A.dtype))
         base = result.to(lora_x.dtype)
 
-        def delta(adapter: int, rows: torch.Tensor) -> torch.Tensor:
+        def plus_lora(adapter: int, rows: torch.Tensor, base_rows: torch.Tensor) -> torch.Tensor:
             # Scaling the rank-r intermediate (not the output, as PEFT does) costs out/r times less.
-            return F.linear(F.linear(rows, self.lora_A[adapter]) * self.scalings[adapter], self.lora_B[adapter])
+            hidden = F.linear(rows, self.lora_A[adapter]) * self.scalings[adapter]
+            return torch.addmm(base_rows.flatten(0, -2), hidden.flatten(0, -2), self.lora_B[adapter].T).view_as(base_rows)
 
         if len(runs) == 1:
-            adapter = runs[0][0]
-            hidden = F.linear(lora_x, self.lora_A[adapter]) * self.scalings[adapter]
-            out = torch.addmm(base.flatten(0, -2), hidden.flatten(0, -2), self.lora_B[adapter].T).view_as(result)
+            out = plus_lora(runs[0][0], lora_x, base)
         elif len({end - start for _, start, end in runs}) == 1:
             if self.routing.all_adapters_in_order:
                 a, b, scalings = self.lora_A, self.lora_B, self.scaling_tensor
@@ -168,7 +167,7 @@ class MultiLoRALinear(torch.nn.Module):
             hidden = torch.bmm(grouped, a.transpose(1, 2)) * scalings[:, None, None]
             out = torch.baddbmm(base.reshape(len(runs), -1, base.shape[-1]), hidden, b.transpose(1, 2)).view_as(result)
         else:
-            out = base + torch.cat([delta(k, lora_x[start:end]) for k, start, end in runs])
+            out = torch.cat([plus_lora(k, lora_x[start:end], base[start:end]) for k, start, end in runs])
         return out.to(result.dtype)
 
     def adapter_tensors(self, adapter: int) -> list[tuple[torch.Tensor, torch.nn.Parameter]]:

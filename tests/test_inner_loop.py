@@ -131,4 +131,6 @@ def test_clip_grad_norms_clips_each_group_as_torch_clips_one():
                 assert torch.equal(p.grad, g)
     assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in groups[0][:2]])) < 1.0 + 1e-5
     assert all(torch.equal(p.grad, g) for p, g in zip(groups[2][:2], expected[2][:2]))  # max_norm 0: untouched
-    clip_grad_norms_([[torch.nn.Parameter(torch.zeros(2))]], [1.0])  # no gradients anywhere: nothing to do
+    no_gradient = torch.nn.Parameter(torch.zeros(2))
+    clip_grad_norms_([[no_gradient]], [1.0])  # no gradients anywhere: nothing to do, no error
+    assert no_gradient.grad is None
