@@ -2,6 +2,8 @@
 
 * :class:`TrainingExample` and :func:`tokenize_example` – the unit of training data a self-edit
   becomes, and how it is turned into token ids with a loss mask.
+* :func:`pad_batch` and :func:`pack_batch` – a batch as padded rows, or as one row of sequences
+  packed end to end (no padding; multi_lora's training passes).
 * :func:`token_log_probs` – log-probabilities of the tokens that carry loss. It runs the decoder
   once and applies the output layer only at those positions: on a 49k-token vocabulary the full
   ``[batch, length, vocab]`` logits tensor would cost more than the rest of the step on CPU
@@ -83,6 +85,20 @@ def pad_batch(
     return ids.to(device), attention.to(device), loss_mask.to(device)
 
 
+def pack_batch(examples: Sequence[TokenizedExample], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate the examples into one row, without padding: ``(input_ids, position_ids, loss_mask)``.
+
+    Positions restart at 0 with every example; run the model with these ``position_ids`` and no
+    attention mask and Transformers keeps the examples apart (a block-diagonal causal mask, as for
+    TRL's padding-free training). The first token of each example carries no loss: it would be
+    "predicted" from the end of the previous example.
+    """
+    ids = torch.tensor([t for e in examples for t in e.input_ids])
+    positions = torch.cat([torch.arange(len(e.input_ids)) for e in examples])
+    loss_mask = torch.tensor([i > 0 and m for e in examples for i, m in enumerate(e.loss_mask)])
+    return ids[None].to(device), positions[None].to(device), loss_mask[None].to(device)
+
+
 def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """The transformer body and output layer of a causal LM (unwrapping PEFT), or None when the
     model does not expose them or post-processes logits (soft-capping), where only a full forward
@@ -99,23 +115,31 @@ def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn
 
 
 def token_log_probs(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    loss_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every target token, and the batch row it belongs to.
 
     ``loss_mask[b, t]`` marks token ``t`` of row ``b`` as a target, predicted from position ``t-1``
-    (the first token of a row has no prediction and is ignored). Returns two 1-D tensors of equal
-    length: log-probs (float32) and row indices.
+    (the first token of a row has no prediction and is ignored). Takes a padded batch
+    (:func:`pad_batch`) or a packed one (:func:`pack_batch`: ``position_ids`` and no attention
+    mask). Returns two 1-D tensors of equal length: log-probs (float32) and row indices.
     """
-    predicted = loss_mask[:, 1:] & attention_mask[:, 1:].bool()
+    predicted = loss_mask[:, 1:]
+    if attention_mask is not None:
+        predicted = predicted & attention_mask[:, 1:].bool()
     targets = input_ids[:, 1:][predicted]
     rows = predicted.nonzero()[:, 0]
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     parts = _decoder_and_head(model)
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][predicted]
+        logits = model(**inputs).logits[:, :-1][predicted]
     else:
         decoder, head = parts
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = decoder(**inputs).last_hidden_state
         logits = head(hidden[:, :-1][predicted])
     return -F.cross_entropy(logits.float(), targets, reduction="none"), rows
 

@@ -18,7 +18,7 @@ Construction::
     envs = SelfAdaptVectorEnv(KnowledgeIncorporationEnv, 8, passages=my_passages)   # directly
 
 ``SelfAdaptVectorEnv(env, num_envs=1, *, autoreset_mode=AutoresetMode.NEXT_STEP, copy=True,
-max_batch_tokens=4096, pass_overhead_tokens=None, progress=False, **env_kwargs)``:
+max_batch_tokens=None, progress=False, **env_kwargs)``:
 
 * ``env`` – a :class:`~seal_env.env.SelfAdaptEnv` subclass or a registered id such as
   ``"seal_env/FewShotARC-v0"``; every sub-environment is ``env(**env_kwargs)`` (``passages=``,
@@ -26,7 +26,7 @@ max_batch_tokens=4096, pass_overhead_tokens=None, progress=False, **env_kwargs)`
   are passed as ``make_vec(id, num_envs=K, **kwargs)``.
 * ``autoreset_mode``, ``copy`` – as for Gymnasium's ``SyncVectorEnv`` (this class is one: reset,
   seeding, ``reset_mask``, autoreset and ``info`` batching are inherited unchanged).
-* ``max_batch_tokens``, ``pass_overhead_tokens`` – packing of the joint training passes (see
+* ``max_batch_tokens`` – tokens packed into one joint training pass (see
   :func:`~seal_env.multi_lora.adapted_many`); ``progress`` shows a bar over training steps.
 
 Spaces and data: actions are a tuple of K ``str``; observations ``{"prompt": (K str),
@@ -56,7 +56,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate, iterate
 
 from seal_env.env import Evaluation, Seconds, SelfAdaptEnv
-from seal_env.multi_lora import DEFAULT_MAX_BATCH_TOKENS, adapted_many, lora_structure
+from seal_env.multi_lora import adapted_many, lora_structure
 
 
 def _env_class(env: type[SelfAdaptEnv] | str) -> type[SelfAdaptEnv]:
@@ -78,8 +78,7 @@ class SelfAdaptVectorEnv(SyncVectorEnv):
         *,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        pass_overhead_tokens: int | None = None,
+        max_batch_tokens: int | None = None,
         progress: bool = False,
         **env_kwargs: Any,
     ):
@@ -94,7 +93,6 @@ class SelfAdaptVectorEnv(SyncVectorEnv):
             # Identical sub-environments have identical baselines: compute each context's once.
             sub._baselines = first._baselines
         self.max_batch_tokens = max_batch_tokens
-        self.pass_overhead_tokens = pass_overhead_tokens
         self.progress = progress
         # A task that redefines step() may do more than the parts batched here: step it as it is.
         self.batched = env_class.step is SelfAdaptEnv.step and env_class._adapt_and_evaluate is SelfAdaptEnv._adapt_and_evaluate
@@ -166,12 +164,7 @@ class SelfAdaptVectorEnv(SyncVectorEnv):
         for group in groups.values():
             jobs = [(begun[i][1].examples, begun[i][1].config) for i in group]
             with adapted_many(
-                first.model,
-                first.tokenizer,
-                jobs,
-                max_batch_tokens=self.max_batch_tokens,
-                pass_overhead_tokens=self.pass_overhead_tokens,
-                progress=self.progress,
+                first.model, first.tokenizer, jobs, max_batch_tokens=self.max_batch_tokens, progress=self.progress
             ) as run:
                 trained = [
                     (adapter, i)

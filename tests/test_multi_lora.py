@@ -22,7 +22,8 @@ from peft.tuners.lora import LoraLayer
 
 from seal_env.inner_loop import InnerLoopConfig, adapted
 from seal_env.lm import TrainingExample
-from seal_env.multi_lora import MultiLoRALinear, adapted_many, pack_rows
+from seal_env import multi_lora
+from seal_env.multi_lora import MultiLoRALinear, adapted_many, pack_passes
 from seal_env.scoring import answer_log_likelihoods
 
 SCORE_ATOL = 1e-4
@@ -174,16 +175,64 @@ def test_adapters_with_different_lora_structures_are_refused(tiny_lm):
             pass
 
 
-def test_pack_rows_covers_every_row_once_with_less_padding():
-    lengths = [40, 12, 38, 11, 13, 41, 900]
-    batches = pack_rows(lengths, max_batch_tokens=128, pass_overhead_tokens=8)
-    assert sorted(r for batch in batches for r in batch) == list(range(len(lengths)))
-    assert [6] in batches  # longer than the budget: a pass of its own
-    for batch in batches:
-        assert len(batch) == 1 or len(batch) * max(lengths[r] for r in batch) <= 128
-    padded = sum(len(batch) * max(lengths[r] for r in batch) for batch in batches)
-    assert padded < len(lengths) * max(lengths)
-    assert pack_rows([10, 10, 10], max_batch_tokens=1000, pass_overhead_tokens=8) == [[0, 1, 2]]
+def test_pack_passes_keeps_row_order_within_the_token_budget():
+    lengths = [40, 12, 38, 11, 13, 41, 900, 5]
+    passes = pack_passes(lengths, max_batch_tokens=64)
+    assert [r for p in passes for r in p] == list(range(len(lengths)))  # in order, each row once
+    assert [6] in passes  # longer than the budget: a pass of its own
+    assert all(len(p) == 1 or sum(lengths[r] for r in p) <= 64 for p in passes)
+    assert passes == [[0, 1], [2, 3, 4], [5], [6], [7]]  # greedy: a pass ends when the next row does not fit
+    assert pack_passes([10, 10, 10], max_batch_tokens=1000) == [[0, 1, 2]]
+    assert pack_passes([10, 10, 10], max_batch_tokens=1000, max_rows=1) == [[0], [1], [2]]
+
+
+def test_routed_lora_gradients_match_autograd_by_finite_differences():
+    """The hand-written backward of the routed LoRA product, checked numerically (float64), with
+    runs of unequal lengths, an adapter owning two runs and an adapter owning none."""
+    torch.manual_seed(0)
+    x = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(9, 7, dtype=torch.float64, requires_grad=True)
+    lora_A = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    lora_B = torch.randn(3, 7, 2, dtype=torch.float64, requires_grad=True)
+    runs, scalings = [(2, 0, 4), (0, 4, 5), (2, 5, 9)], [0.5, 3.0, 2.0]
+
+    def routed(x, base, lora_A, lora_B):
+        return multi_lora._RoutedLoRA.apply(x, base.clone(), lora_A, lora_B, runs, scalings)
+
+    assert torch.autograd.gradcheck(routed, (x, base, lora_A, lora_B))
+    expected = base.detach().clone()
+    for k, start, end in runs:
+        expected[start:end] += scalings[k] * x.detach()[start:end] @ lora_A.detach()[k].T @ lora_B.detach()[k].T
+    torch.testing.assert_close(routed(x, base, lora_A, lora_B), expected)
+
+
+def test_models_that_cannot_pack_train_one_sequence_per_pass(tiny_lm, monkeypatch):
+    model, tokenizer = tiny_lm
+    model.double()
+    with adapted_many(model, tokenizer, JOBS) as run:
+        packed = [run.lora_weights(adapter) for adapter in range(len(JOBS))]
+        assert run.stats.passes == run.stats.steps  # this model packs: one pass per step
+    monkeypatch.setattr(multi_lora, "_keeps_packed_sequences_apart", lambda model: False)
+    with pytest.warns(UserWarning, match="one sequence per pass"), adapted_many(model, tokenizer, JOBS) as run:
+        assert run.stats.passes == sum(len(e) * c.epochs for e, c in JOBS)
+        for adapter, weights in enumerate(packed):
+            for name, (a, b) in weights.items():
+                torch.testing.assert_close(run.lora_weights(adapter)[name][0], a, atol=1e-9, rtol=0)
+                torch.testing.assert_close(run.lora_weights(adapter)[name][1], b, atol=1e-9, rtol=0)
+
+
+def test_the_packing_check_sees_a_model_that_mixes_packed_sequences(tiny_lm):
+    model, _ = tiny_lm
+    assert multi_lora._keeps_packed_sequences_apart(model)
+    leaky = type(model)(model.config)  # a fresh model object: not cached
+    leaky.load_state_dict(model.state_dict())
+    original = leaky.forward
+
+    def forward(*args, position_ids=None, **kwargs):  # drops the positions: one long causal row
+        return original(*args, **kwargs)
+
+    leaky.forward = forward
+    assert not multi_lora._keeps_packed_sequences_apart(leaky)
 
 
 @pytest.mark.slow
