@@ -11,6 +11,10 @@ One run measures, on the default model (or ``--model``) and the same self-edits:
     padded to their own longest row, loss and output layer only at target positions) + ``evaluate``.
 (c) ``multi_lora K=k`` – ``adapted_many`` on k self-edits at once + ``evaluate_batch``.
 
+Beside them, as a ceiling: ``frozen base K=k`` (largest k) runs only the frozen base model's
+forward and input-gradient backward over the packed passes of (c), with no adapters, optimiser or
+evaluation. Its training MFU is what LoRA code could at best reach on this machine and model.
+
 The methods run in rounds, interleaved (reference, sequential, K=1, 2, 4, 8 in every round), so a
 busy shared CPU slows all of them alike; each reports the median over rounds of its self-edits per
 minute. Every self-edit is one knowledge-incorporation update (one training sequence per line) and
@@ -29,7 +33,8 @@ one adapter's LoRA weights, ``d*V`` = the output layer):
 * attention score FLOPs (under 2% at these sequence lengths) are not counted.
 
 MFU = model FLOPs / wall seconds / matmul peak, where the peak is the best rate of a large
-``torch.matmul`` (``--peak-size``, model dtype, same threads) measured in every round of this run.
+``torch.matmul`` (``--peak-size``, model dtype, same threads) over measurements taken before every
+method of every round.
 
 Usage::
 
@@ -57,9 +62,9 @@ from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from seal_env.inner_loop import InnerLoopConfig, adapted
-from seal_env.lm import TrainingExample, tokenize_example
+from seal_env.lm import TrainingExample, pack_batch, token_log_probs, tokenize_example
 from seal_env.models import load_model
-from seal_env.multi_lora import adapted_many
+from seal_env.multi_lora import adapted_many, default_max_batch_tokens, pack_passes
 from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
 
 SEAL_MAX_LENGTH = 2048
@@ -124,15 +129,16 @@ class Sizes:
             lora=sum(config.rank * (m.in_features + m.out_features) for m in linears),
         )
 
-    def training(self, tokenizer, items: Sequence[Item], config: InnerLoopConfig) -> float:
-        """FLOPs of training ``items`` for ``config.epochs`` epochs (real tokens only)."""
+    def training(self, tokenizer, items: Sequence[Item], config: InnerLoopConfig, *, lora: bool = True) -> float:
+        """FLOPs of training ``items`` for ``config.epochs`` epochs (real tokens only; ``lora=False``:
+        the frozen base model alone)."""
         flops = 0.0
         for item in items:
             for example in item.examples:
                 t = tokenize_example(tokenizer, example, max_tokens=config.max_tokens_per_example, loss_on=config.loss_on)
                 targets = sum(t.loss_mask[1:])
                 if targets:
-                    flops += len(t.input_ids) * (4 * self.linear + 6 * self.lora) + targets * 4 * self.head
+                    flops += len(t.input_ids) * (4 * self.linear + 6 * self.lora * lora) + targets * 4 * self.head
         return flops * config.epochs
 
 
@@ -358,6 +364,46 @@ class Bench:
 
         return run_k
 
+    # (d) -------------------------------------------------------------------------------------
+    def frozen_base(self, k: int) -> Callable[[list[Item], Measurement], None]:
+        """The ceiling of (c) on this machine: the frozen base model's forward and input-gradient
+        backward alone, over the packed passes multi_lora K=k trains on (the same rows per step, no
+        adapters, no optimiser, no evaluation). Its training MFU bounds what any LoRA code can reach."""
+
+        def run_k(items: list[Item], m: Measurement) -> None:
+            m.train_flops = self.sizes.training(self.tokenizer, items, self.config, lora=False)
+            max_batch_tokens = self.args.max_batch_tokens or default_max_batch_tokens(self.device)
+            batch_size = self.config.batch_size
+            flags = {name: p.requires_grad for name, p in self.model.named_parameters()}
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            # Gradients flow back from the loss to the embeddings' output, as they do to the adapters.
+            hook = self.model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.requires_grad_())
+            self.model.train()
+            try:
+                for first in range(0, len(items), k):
+                    chunk = [[t for t in self.tokenized(item) if sum(t.loss_mask[1:])] for item in items[first : first + k]]
+                    start = time.perf_counter()
+                    for _ in range(self.config.epochs):
+                        for step in range(0, max(map(len, chunk)), batch_size):
+                            rows = [t for examples in chunk for t in examples[step : step + batch_size]]
+                            lengths = [len(t.input_ids) for t in rows]
+                            for batch in pack_passes(lengths, max_batch_tokens=max_batch_tokens):
+                                ids, positions, loss_mask = pack_batch([rows[r] for r in batch], self.device)
+                                log_probs, _ = token_log_probs(self.model, ids, None, loss_mask, position_ids=positions)
+                                (-log_probs.sum()).backward()
+                                m.tokens += ids.numel()
+                                m.padded_tokens += ids.numel()
+                    sync(self.device)
+                    m.train_seconds += time.perf_counter() - start
+            finally:
+                hook.remove()
+                self.model.eval()
+                for name, p in self.model.named_parameters():
+                    p.requires_grad_(flags[name])
+
+        return run_k
+
 
 # ------------------------------------------------------------------------------------- report
 
@@ -381,7 +427,7 @@ def summarise(name: str, runs: list[Measurement], peak_gflops: float) -> dict[st
         "padding_fraction": 1 - sum(r.tokens for r in runs) / max(1, sum(r.padded_tokens for r in runs)),
         "peak_memory_mib": max(r.memory["peak"] for r in runs),
         "peak_memory_increase_mib": max(r.memory["increase"] for r in runs),
-        "mean_log_likelihood": statistics.fmean(s for r in runs for s in r.scores),
+        "mean_log_likelihood": statistics.fmean(scores) if (scores := [s for r in runs for s in r.scores]) else None,
         "runs": [vars(r) for r in runs],
     }
 
@@ -406,7 +452,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reference-max-length", type=int, help=f"reference padding length (default 256; --quick: 128; SEAL: {SEAL_MAX_LENGTH})"
     )
     p.add_argument("--max-answer-tokens", type=int, help="greedy answer length in evaluation (default 24; --quick: 16)")
-    p.add_argument("--max-batch-tokens", type=int, default=4096, help="multi_lora padded tokens per pass")
+    p.add_argument("--max-batch-tokens", type=int, help="multi_lora tokens packed into one training pass (default: by device)")
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     args = p.parse_args(argv)
@@ -440,17 +486,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("reference", bench.reference, args.reference_items),
         ("sequential", bench.sequential, args.sequential_items),
     ] + [(f"multi_lora K={k}", bench.multi_lora(k), max(k, args.sequential_items)) for k in args.ks]
+    ceiling = f"frozen base K={max(args.ks)}"
+    methods.append((ceiling, bench.frozen_base(max(args.ks)), max(args.ks)))
     runs: dict[str, list[Measurement]] = {name: [] for name, _, _ in methods}
     peaks = []
     for round_ in range(args.rounds):
-        peaks.append(matmul_peak_gflops(args.peak_size, next(model.parameters()).dtype, device))
         for name, method, n in methods:
+            # The peak is re-measured before every method: on a shared CPU one measurement can land
+            # in a slow moment (1-thread peaks of 112 and 147 GFLOP/s were seen on this machine), and
+            # a low peak would flatter MFU; the best of all of them is used.
+            peaks.append(matmul_peak_gflops(args.peak_size, next(model.parameters()).dtype, device))
             chosen = [(round_ * n + i) % len(items) for i in range(n)]
             runs[name].append(bench.measure(method, [items[i] for i in chosen], chosen))
             print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1].seconds:.1f} s for {n} self-edits", file=sys.stderr)
     peak = max(peaks)
 
     summaries = {name: summarise(name, r, peak) for name, r in runs.items()}
+    frozen_base = summaries.pop(ceiling)  # not a method: no evaluation, reported apart
     sequential = summaries["sequential"]
     largest = f"multi_lora K={max(args.ks)}"
     sequential_scores = {i: score for r in runs["sequential"] for i, score in zip(r.item_ids, r.scores)}
@@ -468,8 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_mfu_sequential": sequential["train_mfu"],
         "train_mfu_multi_lora_k8": summaries[largest]["train_mfu"] if max(args.ks) == 8 else None,
         "padding_fraction_multi_lora_k8": summaries[largest]["padding_fraction"] if max(args.ks) == 8 else None,
+        "train_mfu_frozen_base_k8": frozen_base["train_mfu"] if max(args.ks) == 8 else None,
         "matmul_peak_gflops": peak,
-        "matmul_peak_gflops_per_round": peaks,
+        "matmul_peak_gflops_measured": peaks,
         "targets": TARGETS,
         "flop_formula": {
             "training_per_real_token": "4*P + 6*P_lora (+ 4*d*V per target token)",
@@ -492,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
         },
         "methods": summaries,
+        "ceiling": frozen_base,
         "environment": {**run_environment(), "device": str(device), "note": "2-core CPU shared with other jobs: timings are noisy"},
         "wall_seconds": time.perf_counter() - started,
     }
@@ -520,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"reference padded to {args.reference_max_length} tokens (SEAL: {SEAL_MAX_LENGTH}); "
         f"matmul peak {peak:.1f} GFLOP/s ({args.peak_size}^2, {torch.get_num_threads()} threads, {device}); "
         f"wall {result['wall_seconds']:.0f} s"
+    )
+    print(
+        f"ceiling: the frozen base model alone on the packed passes of {largest} (no adapters, optimiser or "
+        f"evaluation): train MFU {100 * frozen_base['train_mfu']:.1f}%, {frozen_base['train_seconds_per_self_edit']:.1f} train s/edit"
     )
     checks = [
         ("sequential vs reference", result["speedup_sequential_vs_reference"], TARGETS["sequential_vs_reference"], "x"),
