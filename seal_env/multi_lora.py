@@ -14,10 +14,11 @@ How the K updates stay independent although they share every pass:
 * **Loss.** The loss of a pass is the SUM over adapters of each adapter's mean token loss over its own
   mini-batch, exactly the loss :func:`~seal_env.inner_loop.train_lora` minimises for that adapter
   alone, so every adapter's gradient is scaled as in separate training.
-* **Optimiser.** One ``torch.optim.AdamW`` with one parameter group per adapter (its own learning rate
-  and weight decay) over views of that adapter's slices of the stacked weights. AdamW is elementwise,
-  so this equals K separate optimisers; an adapter with no rows in a step has no gradient and is
-  skipped (its step count stays its own).
+* **Optimiser.** All adapters' weights live in one ``[K, P_lora]`` table (each layer's stacked
+  parameters are views into it). One ``torch.optim.AdamW`` has one parameter group per adapter (its
+  own learning rate and weight decay) over that adapter's row. AdamW is elementwise, so this equals
+  K separate optimisers; an adapter with no rows in a step has no gradient and is skipped (its step
+  count stays its own).
 * **Clipping.** Each adapter's gradient is clipped by its own norm, as ``train_lora`` clips the one
   adapter it trains.
 * **Order and initialisation.** Adapter i sees its examples in the order ``train_lora`` would use
@@ -199,15 +200,17 @@ class MultiLoRALinear(torch.nn.Module):
     def __init__(
         self,
         base: torch.nn.Linear,
-        weights: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        lora_A: torch.Tensor,
+        lora_B: torch.Tensor,
         scalings: Sequence[float],
         dropout: float,
         routing: _Routing,
     ):
         super().__init__()
         self.base = base
-        self.lora_A = torch.nn.Parameter(torch.stack([a for a, _ in weights]))
-        self.lora_B = torch.nn.Parameter(torch.stack([b for _, b in weights]))
+        # Parameters over the given tensors' memory (not copies): the adapters' weight table.
+        self.lora_A = torch.nn.Parameter(lora_A)
+        self.lora_B = torch.nn.Parameter(lora_B)
         self.scalings = list(scalings)
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
         self.routing = routing
@@ -220,12 +223,6 @@ class MultiLoRALinear(torch.nn.Module):
         lora_x = self.dropout(x.to(self.lora_A.dtype))
         out = _RoutedLoRA.apply(lora_x, result.to(self.lora_A.dtype), self.lora_A, self.lora_B, runs, self.scalings)
         return out.to(result.dtype).view(*shape[:-1], out.shape[-1])
-
-    def adapter_tensors(self, adapter: int) -> list[tuple[torch.Tensor, torch.nn.Parameter]]:
-        """``(weight, stacked)`` pairs of one adapter: its A and B as views into the stacked
-        parameters (written in place, e.g. by an optimiser), each with the parameter it slices."""
-        return [(stacked.detach()[adapter], stacked) for stacked in (self.lora_A, self.lora_B)]
-
 
 # ------------------------------------------------------------------------------ initial weights
 
@@ -262,6 +259,23 @@ def _initial_weights(
                 )
         cache[key] = weights
     return cache[key]
+
+
+def _weight_table(
+    initial: Sequence[dict[str, tuple[torch.Tensor, torch.Tensor, float]]], device: torch.device
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """All adapters' initial LoRA weights in one ``[K, P_lora]`` table, adapter k's in row k, and per
+    adapted module the stacked views into it the layer uses, ``[K, r, in]`` and ``[K, out, r]``."""
+    pairs = [(name, which) for name in initial[0] for which in (0, 1)]  # which: 0 for A, 1 for B
+    shapes = [initial[0][name][which].shape for name, which in pairs]
+    dtype = initial[0][pairs[0][0]][0].dtype
+    table = torch.empty(len(initial), sum(shape.numel() for shape in shapes), dtype=dtype, device=device)
+    views: dict[str, list[torch.Tensor]] = {}
+    for (name, which), shape, columns in zip(pairs, shapes, table.split([shape.numel() for shape in shapes], dim=1)):
+        view = columns.unflatten(1, shape)
+        view.copy_(torch.stack([w[name][which] for w in initial]))
+        views.setdefault(name, []).append(view)
+    return table, {name: (a, b) for name, (a, b) in views.items()}
 
 
 # ----------------------------------------------------------------------------------- packing
@@ -353,7 +367,6 @@ class _Adapter:
     config: InnerLoopConfig
     examples: list[TokenizedExample]
     batches: list[tuple[int, list[int]]]  # (epoch, example indices) per optimiser step, in order
-    params: list[torch.nn.Parameter] = field(default_factory=list)
     result: TrainResult = field(default_factory=TrainResult)
 
     @property
@@ -392,9 +405,11 @@ class MultiAdaptation:
     adapter i finished (its last step or its failure).
     """
 
-    def __init__(self, model: PreTrainedModel, layers: dict[str, MultiLoRALinear], routing: _Routing, num_adapters: int):
+    def __init__(self, model: PreTrainedModel, layers: dict[str, MultiLoRALinear], routing: _Routing, weights: torch.Tensor):
         self.model = model
-        self.num_adapters = num_adapters
+        self.weights = weights
+        """All adapters' LoRA weights, ``[K, P_lora]``: the layers' parameters are views into it."""
+        self.num_adapters = weights.shape[0]
         self._device = next(model.parameters()).device
         self.layers = layers
         self._routing = routing
@@ -447,15 +462,20 @@ class MultiAdaptation:
         start = time.perf_counter()
         stats = self.stats
         stats.adapters = len(adapters)
-        # The optimiser sees each adapter's weights as views into the stacked parameters (one group
-        # per adapter: its own learning rate, weight decay and step count); before each step a
-        # view's gradient is pointed at its slice of the stacked gradient, or None to skip it.
-        stacked_params = [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
-        tensors = [[pair for layer in self.layers.values() for pair in layer.adapter_tensors(index)] for index in range(len(adapters))]
-        for a, pairs in zip(adapters, tensors):
-            a.params = [view for view, _ in pairs]
+        # The optimiser sees one tensor per adapter, its row of the weight table (one group per
+        # adapter: its own learning rate, weight decay and step count), not one per layer: per-tensor
+        # overheads of AdamW and clipping had cost ~7% of a K=8 step. After the passes of a step each
+        # layer's gradient is copied into its columns of a gradient table; an adapter that did not
+        # train in the step gets no gradient, so the optimiser and the clipping skip it.
+        table_rows = self.weights.unbind()
+        grad_table = torch.empty_like(self.weights)
+        layer_params = [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+        grad_columns = grad_table.split([p[0].numel() for p in layer_params], dim=1)
         optimizer = adamw(
-            [{"params": a.params, "lr": a.config.learning_rate, "weight_decay": a.config.weight_decay} for a in adapters]
+            [
+                {"params": [row], "lr": a.config.learning_rate, "weight_decay": a.config.weight_decay}
+                for row, a in zip(table_rows, adapters)
+            ]
         )
         device = next(self.model.parameters()).device
         live = [a.result.error is None for a in adapters]
@@ -514,15 +534,17 @@ class MultiAdaptation:
                     a.result.epoch_losses.append(sum(a.result.losses[-a.steps_per_epoch :]) / a.steps_per_epoch)
                 if a.result.steps == len(a.batches):
                     a.result.seconds = time.perf_counter() - start
-            for i, pairs in enumerate(tensors):
-                updated = live[i] and i in active
-                for view, stacked in pairs:
-                    view.grad = stacked.grad[i] if updated and stacked.grad is not None else None
-            clip_grad_norms_([a.params for a in adapters], [a.config.max_grad_norm for a in adapters])
+            for param, columns in zip(layer_params, grad_columns):
+                if param.grad is None:  # no pass of the step could backpropagate
+                    columns.zero_()
+                else:
+                    columns.copy_(param.grad.flatten(1))
+                    param.grad = None
+            for i, row in enumerate(table_rows):
+                row.grad = grad_table[i] if live[i] and i in active else None
+            clip_grad_norms_([[row] for row in table_rows], [a.config.max_grad_norm for a in adapters])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            for p in stacked_params:
-                p.grad = None
             stats.steps += 1
         self.model.eval()
         stats.seconds = time.perf_counter() - start
@@ -583,18 +605,14 @@ def adapted_many(
         for p in model.parameters():
             p.requires_grad_(False)
         try:
-            for name in initial[0]:
+            weights, views = _weight_table(initial, device)
+            for name, (lora_A, lora_B) in views.items():
                 parent_name, _, child = name.rpartition(".")
                 parent = model.get_submodule(parent_name)
-                layers[name] = MultiLoRALinear(
-                    getattr(parent, child),
-                    [(w[name][0].to(device), w[name][1].to(device)) for w in initial],
-                    [w[name][2] for w in initial],
-                    jobs[0][1].dropout,
-                    routing,
-                )
+                scalings = [w[name][2] for w in initial]
+                layers[name] = MultiLoRALinear(getattr(parent, child), lora_A, lora_B, scalings, jobs[0][1].dropout, routing)
                 setattr(parent, child, layers[name])
-            run = MultiAdaptation(model, layers, routing, len(jobs))
+            run = MultiAdaptation(model, layers, routing, weights)
             adapters = [_prepare(tokenizer, examples, config) for examples, config in jobs]
             run._train(adapters, max_batch_tokens=max_batch_tokens, packed=packed, progress=progress)
             yield run
