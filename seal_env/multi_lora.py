@@ -141,7 +141,7 @@ class _RoutedLoRA(torch.autograd.Function):
     def forward(ctx, x, base, lora_A, lora_B, runs, scalings):  # noqa: D102 (documented on the class)
         hidden = x.new_empty(x.shape[0], lora_A.shape[1])
         sizes = [end - start for _, start, end in runs]
-        # split/unbind make all the views in one call each: per-run slicing in Python was ~10% of a step.
+        # split/unbind make all the views in one call each, instead of slicing per run in Python.
         pieces = zip(x.split(sizes), hidden.split(sizes), base.split(sizes))
         A, B = lora_A.unbind(), lora_B.unbind()
         for (k, _, _), (x_k, hidden_k, base_k) in zip(runs, pieces):
@@ -191,9 +191,9 @@ class MultiLoRALinear(torch.nn.Module):
     """A frozen ``nn.Linear`` plus K LoRA pairs; each row (or token) uses the pair of its adapter.
 
     ``y = base(x) + B[k] @ (scaling[k] * A[k] @ dropout(x))`` for a row owned by adapter ``k``; the
-    LoRA branch runs in the adapters' dtype (float32), as in PEFT. The K pairs are stored stacked,
-    ``lora_A`` ``[K, r, in]`` and ``lora_B`` ``[K, out, r]``: one dense gradient per layer instead
-    of K small ones to accumulate. Rows are routed in runs of consecutive rows (a batch sorted by
+    LoRA branch runs in the adapters' dtype (float32), as in PEFT. The K pairs are stacked,
+    ``lora_A`` ``[K, r, in]`` and ``lora_B`` ``[K, out, r]`` (views into the weight table of
+    :func:`adapted_many`): one dense gradient per layer instead of K small ones to accumulate. Rows are routed in runs of consecutive rows (a batch sorted by
     adapter has one run per adapter); a packed training batch is routed in runs of tokens.
     """
 
