@@ -435,7 +435,7 @@ def summarise(name: str, runs: list[Measurement], peak_gflops: float) -> dict[st
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help="a run of a few minutes: 1 round, 2 epochs, 4 lines per self-edit, 1 thread"
+        "--quick", action="store_true", help="a run of a few minutes: 1 round, 2 epochs, 3 lines per self-edit, 12-token answers, 1 thread"
     )
     p.add_argument("--json", type=Path, default=Path("results/inner_loop.json"), help="where to write the results")
     p.add_argument("--data", type=Path, help="passages JSON with self_edits (e.g. ../shared/data/squad_eval_passages.json)")
@@ -455,7 +455,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--reference-max-length", type=int, help=f"reference padding length (default 256; --quick: 128; SEAL: {SEAL_MAX_LENGTH})"
     )
-    p.add_argument("--max-answer-tokens", type=int, help="greedy answer length in evaluation (default 24; --quick: 16)")
+    p.add_argument("--max-answer-tokens", type=int, help="greedy answer length in evaluation (default 24; --quick: 12)")
     p.add_argument("--max-batch-tokens", type=int, help="multi_lora tokens packed into one training pass (default: by device)")
     p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
@@ -463,7 +463,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # Explicit options win over the presets.
     # --quick runs on one thread: on a shared CPU two threads per process fight for the cores and a
     # quick run took 12 min instead of 2-4 (measured); --threads overrides it.
-    preset = dict(rounds=1, epochs=2, max_lines=4, max_answer_tokens=16, reference_max_length=128, threads=1) if args.quick else dict(
+    preset = dict(rounds=1, epochs=2, max_lines=3, max_answer_tokens=12, reference_max_length=128, threads=1) if args.quick else dict(
         rounds=3, max_answer_tokens=24, reference_max_length=256
     )
     for name, value in preset.items():
