@@ -193,8 +193,9 @@ class MultiLoRALinear(torch.nn.Module):
     ``y = base(x) + B[k] @ (scaling[k] * A[k] @ dropout(x))`` for a row owned by adapter ``k``; the
     LoRA branch runs in the adapters' dtype (float32), as in PEFT. The K pairs are stacked,
     ``lora_A`` ``[K, r, in]`` and ``lora_B`` ``[K, out, r]`` (views into the weight table of
-    :func:`adapted_many`): one dense gradient per layer instead of K small ones to accumulate. Rows are routed in runs of consecutive rows (a batch sorted by
-    adapter has one run per adapter); a packed training batch is routed in runs of tokens.
+    :func:`adapted_many`): one dense gradient per layer instead of K small ones to accumulate. Rows
+    are routed in runs of consecutive rows (a batch sorted by adapter has one run per adapter); a
+    packed training batch is routed in runs of tokens.
     """
 
     def __init__(
@@ -223,6 +224,7 @@ class MultiLoRALinear(torch.nn.Module):
         lora_x = self.dropout(x.to(self.lora_A.dtype))
         out = _RoutedLoRA.apply(lora_x, result.to(self.lora_A.dtype), self.lora_A, self.lora_B, runs, self.scalings)
         return out.to(result.dtype).view(*shape[:-1], out.shape[-1])
+
 
 # ------------------------------------------------------------------------------ initial weights
 
@@ -477,7 +479,7 @@ class MultiAdaptation:
                 for row, a in zip(table_rows, adapters)
             ]
         )
-        device = next(self.model.parameters()).device
+        device = self._device
         live = [a.result.error is None for a in adapters]
         total_steps = max((len(a.batches) for a in adapters), default=0)
         self.model.train()
