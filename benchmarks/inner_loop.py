@@ -64,7 +64,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from seal_env.inner_loop import InnerLoopConfig, adapted
 from seal_env.lm import TrainingExample, pack_batch, token_log_probs, tokenize_example
 from seal_env.models import load_model
-from seal_env.multi_lora import adapted_many, default_max_batch_tokens, pack_passes
+from seal_env.multi_lora import _prepare, adapted_many, default_max_batch_tokens, pack_passes
 from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
 
 SEAL_MAX_LENGTH = 2048
@@ -231,6 +231,17 @@ def _status_kib(key: str) -> int:
 # ------------------------------------------------------------------------------------ methods
 
 
+@contextmanager
+def requires_grad_restored(model: torch.nn.Module) -> Iterator[None]:
+    """Put every parameter's ``requires_grad`` back as it was after the block (PEFT and the ceiling change them)."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
 @dataclass
 class Measurement:
     """One method's run over some self-edits in one round."""
@@ -287,53 +298,51 @@ class Bench:
     # (a) -------------------------------------------------------------------------------------
     def reference(self, items: list[Item], m: Measurement) -> None:
         length = self.args.reference_max_length
-        requires_grad = {name: p.requires_grad for name, p in self.model.named_parameters()}
-        for item in items:
-            start = time.perf_counter()
-            rows = []
-            for t in self.tokenized(item):
-                if sum(t.loss_mask[1:]) == 0:
-                    continue
-                ids = t.input_ids[:length]
-                pad = length - len(ids)
-                labels = [i if keep else -100 for i, keep in zip(ids, t.loss_mask)]
-                rows.append(
-                    {
-                        "input_ids": torch.tensor(ids + [self.pad_id] * pad),
-                        "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
-                        "labels": torch.tensor(labels + [-100] * pad),
-                    }
-                )
-                m.tokens += len(ids)
-                m.padded_tokens += length
-            with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng():
-                peft_model = get_peft_model(self.model, self.config.lora_config())
-                arguments = TrainingArguments(
-                    output_dir=folder,
-                    per_device_train_batch_size=self.config.batch_size,
-                    num_train_epochs=self.config.epochs,
-                    learning_rate=self.config.learning_rate,
-                    lr_scheduler_type="constant",
-                    weight_decay=self.config.weight_decay,
-                    max_grad_norm=self.config.max_grad_norm,
-                    seed=self.config.seed,
-                    save_strategy="no",
-                    logging_strategy="no",
-                    report_to="none",
-                    disable_tqdm=True,
-                    use_cpu=self.device.type == "cpu",
-                    dataloader_num_workers=0,
-                )
-                Trainer(model=peft_model, args=arguments, train_dataset=rows, data_collator=default_data_collator).train()
-                peft_model.save_pretrained(folder + "/adapter")
-                peft_model.unload()
-                m.train_seconds += time.perf_counter() - start
-                served = PeftModel.from_pretrained(self.model, folder + "/adapter")  # the "inference server"
-                served.eval()
-                self._evaluate(served, item.passage, m)
-                served.unload()
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(requires_grad[name])
+        with requires_grad_restored(self.model):  # get_peft_model freezes the base
+            for item in items:
+                start = time.perf_counter()
+                rows = []
+                for t in self.tokenized(item):
+                    if sum(t.loss_mask[1:]) == 0:
+                        continue
+                    ids = t.input_ids[:length]
+                    pad = length - len(ids)
+                    labels = [i if keep else -100 for i, keep in zip(ids, t.loss_mask)]
+                    rows.append(
+                        {
+                            "input_ids": torch.tensor(ids + [self.pad_id] * pad),
+                            "attention_mask": torch.tensor([1] * len(ids) + [0] * pad),
+                            "labels": torch.tensor(labels + [-100] * pad),
+                        }
+                    )
+                    m.tokens += len(ids)
+                    m.padded_tokens += length
+                with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng():
+                    peft_model = get_peft_model(self.model, self.config.lora_config())
+                    arguments = TrainingArguments(
+                        output_dir=folder,
+                        per_device_train_batch_size=self.config.batch_size,
+                        num_train_epochs=self.config.epochs,
+                        learning_rate=self.config.learning_rate,
+                        lr_scheduler_type="constant",
+                        weight_decay=self.config.weight_decay,
+                        max_grad_norm=self.config.max_grad_norm,
+                        seed=self.config.seed,
+                        save_strategy="no",
+                        logging_strategy="no",
+                        report_to="none",
+                        disable_tqdm=True,
+                        use_cpu=self.device.type == "cpu",
+                        dataloader_num_workers=0,
+                    )
+                    Trainer(model=peft_model, args=arguments, train_dataset=rows, data_collator=default_data_collator).train()
+                    peft_model.save_pretrained(folder + "/adapter")
+                    peft_model.unload()
+                    m.train_seconds += time.perf_counter() - start
+                    served = PeftModel.from_pretrained(self.model, folder + "/adapter")  # the "inference server"
+                    served.eval()
+                    self._evaluate(served, item.passage, m)
+                    served.unload()
 
     # (b) -------------------------------------------------------------------------------------
     def sequential(self, items: list[Item], m: Measurement) -> None:
@@ -373,20 +382,19 @@ class Bench:
         def run_k(items: list[Item], m: Measurement) -> None:
             m.train_flops = self.sizes.training(self.tokenizer, items, self.config, lora=False)
             max_batch_tokens = self.args.max_batch_tokens or default_max_batch_tokens(self.device)
-            batch_size = self.config.batch_size
-            flags = {name: p.requires_grad for name, p in self.model.named_parameters()}
-            for p in self.model.parameters():
-                p.requires_grad_(False)
             # Gradients flow back from the loss to the embeddings' output, as they do to the adapters.
             hook = self.model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.requires_grad_())
             self.model.train()
             try:
-                for first in range(0, len(items), k):
-                    chunk = [[t for t in self.tokenized(item) if sum(t.loss_mask[1:])] for item in items[first : first + k]]
-                    start = time.perf_counter()
-                    for _ in range(self.config.epochs):
-                        for step in range(0, max(map(len, chunk)), batch_size):
-                            rows = [t for examples in chunk for t in examples[step : step + batch_size]]
+                with requires_grad_restored(self.model):
+                    for p in self.model.parameters():
+                        p.requires_grad_(False)
+                    for first in range(0, len(items), k):
+                        # multi_lora's own schedule: the same rows in every step as adapted_many trains.
+                        adapters = [_prepare(self.tokenizer, item.examples, self.config) for item in items[first : first + k]]
+                        start = time.perf_counter()
+                        for step in range(max(len(a.batches) for a in adapters)):
+                            rows = [a.examples[j] for a in adapters if step < len(a.batches) for j in a.batches[step][1]]
                             lengths = [len(t.input_ids) for t in rows]
                             for batch in pack_passes(lengths, max_batch_tokens=max_batch_tokens):
                                 ids, positions, loss_mask = pack_batch([rows[r] for r in batch], self.device)
@@ -394,13 +402,11 @@ class Bench:
                                 (-log_probs.sum()).backward()
                                 m.tokens += ids.numel()
                                 m.padded_tokens += ids.numel()
-                    sync(self.device)
-                    m.train_seconds += time.perf_counter() - start
+                        sync(self.device)
+                        m.train_seconds += time.perf_counter() - start
             finally:
                 hook.remove()
                 self.model.eval()
-                for name, p in self.model.named_parameters():
-                    p.requires_grad_(flags[name])
 
         return run_k
 
