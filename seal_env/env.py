@@ -20,6 +20,8 @@ A new task subclasses :class:`SelfAdaptEnv` and overrides four methods:
 
 from __future__ import annotations
 
+import math
+import operator
 import string
 import time
 import unicodedata
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import gymnasium as gym
+import numpy as np
 import torch
 from gymnasium import spaces
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -45,6 +48,11 @@ _ALLOWED_CONTROL_CHARS = {"\n", "\t", "\r"}
 
 class SelfEditError(ValueError):
     """A self-edit the environment cannot use. ``step()`` turns it into reward 0.0 and ``info["error"]``."""
+
+
+class BaselineError(RuntimeError):
+    """The baseline of a context could not be measured (its update diverged, say). ``step()`` turns it
+    into reward 0.0 and ``info["error"]``."""
 
 
 class UnicodeText(spaces.Text):
@@ -101,6 +109,13 @@ class TrainingPlan:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+def non_finite_values(evaluation: Evaluation) -> list[str]:
+    """Names of the evaluation's numbers (score, metrics, per-item values) that are NaN or infinite."""
+    named = [("score", evaluation.score)] + [(f"metrics.{k}", v) for k, v in evaluation.metrics.items()]
+    named += [(f"items[{i}].{k}", v) for i, item in enumerate(evaluation.items) for k, v in item.items()]
+    return [name for name, value in named if isinstance(value, float) and not math.isfinite(value)]
+
+
 def check_self_edit_text(self_edit: Any, max_chars: int) -> str | None:
     """Why a self-edit cannot be used as text, or None when it can."""
     if not isinstance(self_edit, str):
@@ -117,6 +132,20 @@ def check_self_edit_text(self_edit: Any, max_chars: int) -> str | None:
         if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROL_CHARS:
             return f"self-edit contains control character U+{ord(ch):04X} at position {position}"
     return None
+
+
+def context_index(value: Any, n_contexts: int) -> int:
+    """``value`` as an index into ``n_contexts`` contexts: any integer type (numpy's too), not a bool."""
+    problem = f"options['index'] must be an int in [0, {n_contexts}), got {value!r}"
+    if isinstance(value, (bool, np.bool_)):  # a bool is an int in Python, but never meant as an index
+        raise ValueError(problem)
+    try:
+        index = operator.index(value)
+    except TypeError:
+        raise ValueError(problem) from None
+    if not 0 <= index < n_contexts:
+        raise ValueError(problem)
+    return index
 
 
 class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
@@ -171,7 +200,7 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
             {"prompt": UnicodeText(_OBSERVATION_MAX_CHARS), "context": UnicodeText(_OBSERVATION_MAX_CHARS)}
         )
         self._index: int | None = None
-        self._baselines: dict[int, Evaluation] = {}
+        self._baselines: dict[int, Evaluation | BaselineError] = {}
         self._last_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -207,9 +236,7 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
         super().reset(seed=seed)
         options = options or {}
         if "index" in options:
-            index = options["index"]
-            if not isinstance(index, int) or not 0 <= index < len(self.contexts):
-                raise ValueError(f"options['index'] must be an int in [0, {len(self.contexts)}), got {index!r}")
+            index = context_index(options["index"], len(self.contexts))
         else:
             index = int(self.np_random.integers(len(self.contexts)))
         self._index = index
@@ -254,16 +281,19 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
         if self._index is None:
             raise RuntimeError("call reset() before step()")
         context = self.contexts[self._index]
-        baseline = self.baseline(self._index)
+        try:
+            baseline, baseline_error = self.baseline(self._index), None
+        except BaselineError as exc:
+            baseline, baseline_error = None, str(exc)
         info: dict[str, Any] = {
             "context_index": self._index,
-            "error": None,
+            "error": baseline_error,
             # None marks a value that was not measured (NaN would make equal infos compare unequal).
             "score": None,
-            "baseline_score": baseline.score,
+            "baseline_score": baseline.score if baseline else None,
             "gain": None,
             "metrics": {},
-            "baseline_metrics": dict(baseline.metrics),
+            "baseline_metrics": dict(baseline.metrics) if baseline else {},
             "train_loss": None,
             "n_train_examples": 0,
             "n_train_tokens": 0,
@@ -272,6 +302,8 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
             "items": [],
             "notes": {},
         }
+        if baseline_error is not None:
+            return info, None
         return info, self._plan(action, context, info)
 
     def record_training(self, result: TrainResult, info: dict[str, Any]) -> bool:
@@ -293,6 +325,13 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
         """The last part of :meth:`step`: reward ``evaluation`` (None: no evaluation, reward 0.0)
         against the baseline in ``info`` and return the step's result."""
         reward = 0.0
+        broken = non_finite_values(evaluation) if evaluation is not None else []
+        if broken:
+            # A diverged update (e.g. on its last optimiser step, after the last finite loss) leaves
+            # an adapter whose outputs are NaN: that is no evaluation of the self-edit.
+            names = ", ".join(broken[:3])
+            info["error"] = f"the adapted model's evaluation is not finite ({names}): the LoRA update diverged"
+            evaluation = None
         if evaluation is not None:
             baseline_score = info["baseline_score"]
             info.update(score=evaluation.score, gain=evaluation.score - baseline_score)
@@ -323,20 +362,37 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
     # ------------------------------------------------------------------ pipeline
 
     def baseline(self, index: int) -> Evaluation:
-        """The baseline evaluation of context ``index``, computed once and cached."""
+        """The baseline evaluation of context ``index``, computed once and cached.
+
+        Raises :class:`BaselineError` (also cached) when the baseline's update fails or its
+        evaluation is not finite."""
         if index not in self._baselines:
-            context = self.contexts[index]
-            plan = self.baseline_plan(context)
-            if plan is None:
+            try:
+                self._baselines[index] = self._measure_baseline(index)
+            except BaselineError as exc:
+                self._baselines[index] = exc
+        cached = self._baselines[index]
+        if isinstance(cached, BaselineError):
+            raise cached
+        return cached
+
+    def _measure_baseline(self, index: int) -> Evaluation:
+        context = self.contexts[index]
+        plan = self.baseline_plan(context)
+        if plan is None:
+            with torch.no_grad():
+                evaluation = self.evaluate(self.model, context)
+        else:
+            with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
+                if run.result.error:
+                    raise BaselineError(f"the baseline update of context {index} failed: {run.result.error}")
                 with torch.no_grad():
-                    self._baselines[index] = self.evaluate(self.model, context)
-            else:
-                with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
-                    if run.result.error:
-                        raise RuntimeError(f"baseline update of context {index} failed: {run.result.error}")
-                    with torch.no_grad():
-                        self._baselines[index] = self.evaluate(run.model, context)
-        return self._baselines[index]
+                    evaluation = self.evaluate(run.model, context)
+        broken = non_finite_values(evaluation)
+        if broken:
+            names = ", ".join(broken[:3])
+            raise BaselineError(f"the baseline evaluation of context {index} is not finite ({names})")
+        return evaluation
 
     def clear_baseline_cache(self) -> None:
         """Forget cached baselines (after changing the inner model, say)."""

@@ -147,6 +147,10 @@ class Adaptation:
     result: TrainResult
 
 
+DIVERGED = "the update diverged: the adapter's weights are not finite after step {steps}"
+"""``TrainResult.error`` of an update whose optimiser wrote NaN or infinite weights."""
+
+
 def adamw(param_groups: list[dict]) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` (each with its ``params``, ``lr`` and ``weight_decay``).
 
@@ -231,6 +235,8 @@ def train_lora(
             result.steps += 1
         result.epoch_losses.append(sum(result.losses[-steps_per_epoch:]) / steps_per_epoch)
     model.eval()
+    if not all(bool(torch.isfinite(p).all()) for p in params):  # the last step can diverge after a finite loss
+        result.error = DIVERGED.format(steps=result.steps)
     result.seconds = time.perf_counter() - start
     return result
 

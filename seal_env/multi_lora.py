@@ -62,7 +62,7 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_env.inner_loop import InnerLoopConfig, TrainResult, adamw, adapted, clip_grad_norms_
+from seal_env.inner_loop import DIVERGED, InnerLoopConfig, TrainResult, adamw, adapted, clip_grad_norms_
 from seal_env.lm import TokenizedExample, TrainingExample, pack_batch, token_log_probs, tokenize_example
 
 Job = tuple[Sequence[TrainingExample], InnerLoopConfig]
@@ -549,6 +549,10 @@ class MultiAdaptation:
             optimizer.zero_grad(set_to_none=True)
             stats.steps += 1
         self.model.eval()
+        finite_rows = torch.isfinite(self.weights).all(dim=1).tolist()
+        for a, finite in zip(adapters, finite_rows):
+            if not finite and a.result.error is None:  # the last step can diverge after a finite loss
+                a.result.error = DIVERGED.format(steps=a.result.steps)
         stats.seconds = time.perf_counter() - start
         self.results = [a.result for a in adapters]
 

@@ -183,20 +183,24 @@ def parse_self_edit(text: str) -> ArcSelfEdit:
             raise SelfEditError(f"data_generation.{flag} must be true or false, got {json.dumps(flags[flag])}")
     training = _check_keys(config["training"], TRAINING_KEYS, "training")
     strategy, learning_rate, epochs = (training[key] for key in TRAINING_KEYS)
-    if strategy not in STRATEGIES:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise SelfEditError(
-            f"training.strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {json.dumps(strategy)}"
+            f"training.strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {json.dumps(strategy)[:60]}"
         )
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
         raise SelfEditError(f"training.learning_rate must be a number, got {json.dumps(learning_rate)}")
+    try:
+        learning_rate = float(learning_rate)
+    except OverflowError:  # a JSON integer beyond float's range, e.g. 1e309 written out in digits
+        learning_rate = math.inf
     if not math.isfinite(learning_rate):
-        raise SelfEditError(f"training.learning_rate must be finite, got {learning_rate}")
+        raise SelfEditError(f"training.learning_rate must be a finite number, got {json.dumps(training['learning_rate'])[:60]}")
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         raise SelfEditError(f"training.num_train_epochs must be an integer, got {json.dumps(epochs)}")
     return ArcSelfEdit(
         *(flags[flag] for flag in AUGMENTATION_FLAGS),
         strategy=strategy,
-        learning_rate=float(learning_rate),
+        learning_rate=learning_rate,
         num_train_epochs=epochs,
     )
 
