@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from agents.base import EVAL, TRAIN, Agent, Round, StepRecord, StepRequest
 from agents.stepping import SequentialStepper, Stepper
 from seal_env.inner_loop import InnerLoopConfig
+from seal_env.jsonl import append_jsonl, read_jsonl
 from seal_env.models import pick_device
 
 LOG_FILE = "steps.jsonl"
@@ -205,11 +206,12 @@ class RunLog:
 
     def read(self, *, repair: bool = True) -> None:
         """Load every log file of the run (all processes' step logs). A last line cut off by a crash
-        is ignored, and with ``repair`` also dropped from the file (a reader that must not write,
-        or a run still writing, passes ``repair=False``); any other malformed line is an error."""
+        is handled as :func:`seal_env.jsonl.read_jsonl` says, and with ``repair`` the file is fixed
+        (a reader that must not write, or a run still writing, passes ``repair=False``); any other
+        malformed line is an error."""
         for path in sorted(self.directory.glob("steps*.jsonl")):
-            for entry in _read_jsonl(path, repair=repair):
-                kind = entry.pop("kind")
+            for entry in read_jsonl(path, repair=repair):
+                kind = entry.pop("kind") if isinstance(entry, dict) else None
                 if kind == "step":
                     record = StepRecord(**entry)
                     self.steps[record.key] = record
@@ -217,6 +219,8 @@ class RunLog:
                     self.proposals[(entry["round"], entry["phase"])] = entry["self_edits"]
                 elif kind == "round":
                     self.rounds.append(entry["metrics"])
+                else:
+                    raise ValueError(f"{path}: a line of unknown kind {kind!r}")
         self.rounds.sort(key=lambda m: m["round"])
         if [m["round"] for m in self.rounds] != list(range(len(self.rounds))):
             raise ValueError(f"{self.directory}: the log's finished rounds are not 0, 1, 2, ...")
@@ -226,29 +230,7 @@ class RunLog:
         return [record for key, record in sorted(self.steps.items()) if key[:2] == (round_index, phase)]
 
     def append(self, kind: str, entry: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"kind": kind, **entry}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _read_jsonl(path: Path, *, repair: bool) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):  # the crash cut the last write short: drop it
-                if repair:
-                    with path.open("r+", encoding="utf-8") as f:
-                        f.truncate(len(text.encode("utf-8")) - len(line.encode("utf-8")))
-                break
-            raise ValueError(f"{path}, line {number}: not valid JSON") from None
-    return entries
+        append_jsonl(self.path, {"kind": kind, **entry})
 
 
 class _Outputs:

@@ -17,12 +17,13 @@ import json
 import os
 import platform
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
+
+from seal_env.jsonl import append_jsonl, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class ResultLog:
     key is the tuple of its ``key_fields``; :meth:`get` and ``in`` look records up by key, so a
     restarted benchmark skips what is done. Opening an existing log with a different configuration
     raises ``ValueError`` naming the settings that differ (use another folder, or delete the log to
-    start over). A last line cut off by an interrupted write is ignored with a warning.
+    start over). A last line cut off by an interrupted write is handled by
+    :func:`seal_env.jsonl.read_jsonl`.
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any], key_fields: Sequence[str]):
@@ -96,47 +98,27 @@ class ResultLog:
         self.key_fields = tuple(key_fields)
         self.config = _normalise(config)
         self._records: dict[tuple, dict[str, Any]] = {}
-        if self.path.exists() and self.path.stat().st_size > 0:
+        if self.path.exists():
             self._load(repair=True)
-        else:
+        if not self.path.exists() or self.path.stat().st_size == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("w", encoding="utf-8") as f:
-                f.write(json.dumps({"config": self.config}) + "\n")
+            append_jsonl(self.path, {"config": self.config})
 
     def _load(self, *, repair: bool) -> None:
-        with self.path.open("rb") as f:
-            lines = f.read().split(b"\n")
-        try:
-            header = json.loads(lines[0])["config"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header") from None
+        lines = read_jsonl(self.path, repair=repair)
+        if not lines:  # only an unfinished header was written
+            return
+        header = lines[0].get("config") if isinstance(lines[0], dict) else None
+        if header is None:
+            raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header")
         if header != self.config:
             differing = sorted(k for k in set(header) | set(self.config) if header.get(k) != self.config.get(k))
             raise ValueError(
                 f"{self.path} was written with other settings ({', '.join(differing)} differ): "
                 "use another output folder, or delete the log to start over"
             )
-        offset = len(lines[0]) + 1
-        body = lines[1:]
-        for number, line in enumerate(body, start=2):
-            if not line.strip():
-                offset += len(line) + 1
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if any(rest.strip() for rest in body[number - 1 :]):
-                    raise ValueError(f"{self.path}: line {number} is not valid JSON") from None
-                # The last line was cut off by an interruption: drop it, so that the next append
-                # starts on a line of its own. (Not on reload: it may be another process's write
-                # in progress.)
-                if repair:
-                    warnings.warn(f"{self.path}: ignoring the unfinished last line {number}")
-                    with self.path.open("r+b") as f:
-                        f.truncate(offset)
-                return
+        for record in lines[1:]:
             self._records[self.key(record)] = record
-            offset += len(line) + 1
 
     def key(self, record: dict[str, Any]) -> tuple:
         """The key of a record: the values of its ``key_fields``."""
@@ -158,14 +140,7 @@ class ResultLog:
         """Write ``record`` (JSON-serialisable, with every key field) and flush it to disk."""
         record = _normalise(record)
         key = self.key(record)
-        # One write() of the whole line on an O_APPEND descriptor: worker processes sharing the log
-        # (a benchmark's --shard) never interleave parts of their lines.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_jsonl(self.path, record)  # one write() per line: shards sharing the log never interleave
         self._records[key] = record
 
     def reload(self) -> None:

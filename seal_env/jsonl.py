@@ -1,0 +1,74 @@
+"""Append-only JSON-lines files that survive a crash at any byte.
+
+The training job's log and the benchmarks' result logs are written one line per record and read
+back to resume. A process killed mid-write leaves the last line cut at any byte: inside a multi-byte
+UTF-8 character, inside the JSON, or just before its newline. :func:`read_jsonl` treats the bytes
+after the last newline as the unfinished write: a complete record missing only its newline is kept,
+anything else is dropped; ``repair=True`` then fixes the file (adds the newline, or cuts the
+fragment) so that the next :func:`append_jsonl` starts on a line of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: str | Path, *, repair: bool) -> list[Any]:
+    """The records of a JSON-lines file, in order.
+
+    Every newline-terminated line must hold one JSON value (``ValueError`` naming the line
+    otherwise); blank lines are skipped. With ``repair=False`` the file is never written, so a reader
+    may look at a log another process is still appending to.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path}, line {number}: not valid JSON") from None
+    if tail.strip():
+        try:
+            records.append(json.loads(tail.decode("utf-8")))
+            complete = True
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if repair:
+            if complete:
+                _write_all(path, b"\n")
+            else:
+                warnings.warn(f"{path}: dropping the unfinished last line ({len(tail)} bytes) of an interrupted write")
+                with path.open("r+b") as f:
+                    f.truncate(len(data) - len(tail))
+    return records
+
+
+def append_jsonl(path: str | Path, record: Any) -> None:
+    """Append ``record`` as one line and flush it to disk.
+
+    The line goes out in one ``write()`` on an ``O_APPEND`` descriptor, so processes sharing a log
+    (a benchmark's shards) do not interleave parts of their lines; a short write is completed.
+    """
+    _write_all(Path(path), (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _write_all(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(f"{path}: write() wrote nothing")
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
