@@ -207,7 +207,7 @@ def run_job(config: TrainConfig, agent_config: GeneratorConfig) -> list[dict[str
         config.env, config.num_envs, model=inner, inner_loop=config.inner_loop, **json.loads(config.env_kwargs)
     )
     agent_cls, _ = AGENTS[config.agent]
-    agent = agent_cls(generator_model, tokenizer, agent_config)
+    agent = agent_cls(generator_model, tokenizer, agent_config, seed=config.seed)
     return train(agent, env, config, stepper=stepper)
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer
 
 from agents.base import Agent
+from seal_env.inner_loop import seeded_rng
 from seal_env.lm import sample_self_edits
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -101,9 +102,11 @@ def quiet_progress(trainer: Trainer) -> None:
 
 class GeneratorAgent(Agent):
     """An agent whose policy is a causal language model (``model`` is changed in place: pass a
-    private copy, e.g. ``seal_env.models.load_model(name, shared=False)``)."""
+    private copy, e.g. ``seal_env.models.load_model(name, shared=False)``). ``seed`` seeds the
+    initialisation of its LoRA adapter, so that two agents built alike are equal whatever the
+    global random state (which is left as it was)."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GeneratorConfig):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GeneratorConfig, *, seed: int = 0):
         if isinstance(model, PeftModel):
             raise TypeError("pass a plain model; the agent attaches its own LoRA adapter")
         self.config = config
@@ -119,7 +122,8 @@ class GeneratorAgent(Agent):
                 bias="none",
                 task_type="CAUSAL_LM",
             )
-            self.model = get_peft_model(model, lora)
+            with seeded_rng(seed, next(model.parameters()).device):
+                self.model = get_peft_model(model, lora)
         self.model.eval()
 
     def propose(self, observations: Sequence[dict[str, Any]], n: int, *, seed: int) -> list[list[str]]:

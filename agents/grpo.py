@@ -94,9 +94,11 @@ class GRPOAgent(GeneratorAgent):
 
     name = "grpo"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GRPOAgentConfig | None = None):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GRPOAgentConfig | None = None, *, seed: int = 0
+    ):
         config = config or GRPOAgentConfig()
-        super().__init__(model, tokenizer, config)
+        super().__init__(model, tokenizer, config, seed=seed)
         self.samples_per_context = config.num_generations
 
     def train_round(self, round: Round) -> dict[str, float]:

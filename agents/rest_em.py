@@ -75,9 +75,11 @@ class RestEMAgent(GeneratorAgent):
 
     name = "rest-em"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RestEMConfig | None = None):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RestEMConfig | None = None, *, seed: int = 0
+    ):
         config = config or RestEMConfig()
-        super().__init__(model, tokenizer, config)
+        super().__init__(model, tokenizer, config, seed=seed)
         self.samples_per_context = config.samples_per_context
 
     def learn(self, records: Sequence[StepRecord], *, seed: int) -> dict[str, float]:

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -334,27 +335,54 @@ def run_settings(config: TrainConfig, agent_config: dict[str, Any] | None) -> di
 
 
 def check_run_folder(config: TrainConfig, agent_config: dict[str, Any] | None = None) -> None:
-    """Raise :class:`TrainSetupError` unless ``config.output_dir`` can take this job: a new run needs a
-    folder without a run in it; ``--resume`` needs a run with the same settings (the agent's
-    settings too, when ``agent_config`` is given: see :func:`agent_settings`)."""
+    """Raise :class:`TrainSetupError` unless ``config.output_dir`` can take this job.
+
+    A new run needs a new or empty folder that it can write to: it never writes into a folder of
+    other files (it would replace ``generator/`` and ``checkpoints/`` there), nor over another run.
+    ``--resume`` needs a run with the same settings (the agent's settings too, when ``agent_config``
+    is given: see :func:`agent_settings`). Cheap: call it before loading any model.
+    """
     directory = Path(config.output_dir)
     config_path = directory / CONFIG_FILE
     if config.resume:
         if not config_path.is_file():
             raise TrainSetupError(f"{directory}: no run to resume (no {CONFIG_FILE})")
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
-        current = run_settings(config, agent_config)
-        if agent_config is not None:  # name the agent's settings that differ, not just "agent_config"
-            saved_agent = saved.pop("agent_config", None) or {}
-            current.pop("agent_config")
-            saved.update({f"agent_config.{k}": v for k, v in saved_agent.items()})
-            current.update({f"agent_config.{k}": v for k, v in agent_config.items()})
-        ignored = ("resume", "output_dir")  # the folder may be named differently (a relative path, say)
-        changed = sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
+        try:
+            saved = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise TrainSetupError(f"{config_path}: cannot read the run's settings ({exc})") from None
+        changed = _changed_settings(saved, run_settings(config, agent_config), agent_config is not None)
         if changed:
             raise TrainSetupError(f"{directory}: cannot resume with changed settings: {', '.join(changed)}")
-    elif (directory / LOG_FILE).exists():
+    elif config_path.exists() or (directory / LOG_FILE).exists():
         raise TrainSetupError(f"{directory} already holds a run; pass --resume to continue it, or another --output-dir")
+    elif directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise TrainSetupError(
+            f"{directory} is not empty and holds no seal-env run: a new run needs a new or empty --output-dir"
+        )
+    try:  # fail now, not after minutes of loading models
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise TrainSetupError(f"{directory}: the output folder is not writable ({exc.strerror or exc})") from None
+
+
+def _changed_settings(saved: dict[str, Any], current: dict[str, Any], compare_agent: bool) -> list[str]:
+    """The settings of a resumed run that differ from the saved ones, by name."""
+    saved, current = dict(saved), dict(current)
+    if compare_agent:  # name the agent's settings that differ, not just "agent_config"
+        for settings in (saved, current):
+            settings.update({f"agent_config.{k}": v for k, v in (settings.pop("agent_config", None) or {}).items()})
+    else:
+        saved.pop("agent_config", None)
+        current.pop("agent_config", None)
+    for settings in (saved, current):
+        # The same keyword arguments however they were spelled, and the device actually used.
+        settings["env_kwargs"] = json.loads(settings.get("env_kwargs") or "{}")
+        settings["device"] = str(pick_device(settings.get("device")))
+    ignored = ("resume", "output_dir")  # the folder may be named differently (a relative path, say)
+    return sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
 
 
 def train(
@@ -376,10 +404,10 @@ def train(
     state = PartialState(cpu=pick_device(config.device).type == "cpu")
     directory = Path(config.output_dir)
     settings = agent_settings(getattr(agent, "name", type(agent).__name__), getattr(agent, "config", None))
-    check_run_folder(config, settings)
-    if state.is_main_process and not config.resume:
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(directory / CONFIG_FILE, json.dumps(run_settings(config, settings), indent=2) + "\n")
+    if state.is_main_process:  # only it writes: the others would find its config.json and refuse
+        check_run_folder(config, settings)
+        if not config.resume:
+            _write_atomic(directory / CONFIG_FILE, json.dumps(run_settings(config, settings), indent=2) + "\n")
     state.wait_for_everyone()
     log = RunLog(directory, state.process_index)
     if config.resume:

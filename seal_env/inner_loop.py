@@ -242,6 +242,16 @@ def train_lora(
 
 
 @contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside the block torch's global RNG (and ``device``'s, on CUDA) is seeded with ``seed``; on exit
+    the caller's random state is restored. For draws that PEFT and modules make from the global RNG
+    (LoRA initialisation, dropout), which take no generator argument."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
 def adapted(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -261,10 +271,7 @@ def adapted(
         raise TypeError("adapted() needs a plain model; merge or unload the PEFT adapter first")
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
-    device = next(model.parameters()).device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
+    with seeded_rng(config.seed, next(model.parameters()).device):
         with warnings.catch_warnings():
             # PEFT calls a Transformers method deprecated in v5; the warning would repeat on every step.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

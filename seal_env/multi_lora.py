@@ -62,7 +62,7 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_env.inner_loop import DIVERGED, InnerLoopConfig, TrainResult, adamw, adapted, clip_grad_norms_
+from seal_env.inner_loop import DIVERGED, InnerLoopConfig, TrainResult, adamw, adapted, clip_grad_norms_, seeded_rng
 from seal_env.lm import TokenizedExample, TrainingExample, pack_batch, token_log_probs, tokenize_example
 
 Job = tuple[Sequence[TrainingExample], InnerLoopConfig]
@@ -606,8 +606,7 @@ def adapted_many(
     routing = _Routing()
     layers: dict[str, MultiLoRALinear] = {}
     # Dropout draws from a fork of the caller's RNG seeded like adapted() seeds it (first job's seed).
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(jobs[0][1].seed)
+    with seeded_rng(jobs[0][1].seed, device):
         for p in model.parameters():
             p.requires_grad_(False)
         try:
