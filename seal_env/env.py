@@ -24,7 +24,6 @@ import math
 import operator
 import string
 import time
-import unicodedata
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
@@ -35,6 +34,7 @@ import torch
 from gymnasium import spaces
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from seal_env.data_files import unusable_character
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
 from seal_env.lm import TrainingExample
 from seal_env.models import load_model
@@ -43,7 +43,6 @@ ContextT = TypeVar("ContextT")
 
 DEFAULT_MAX_SELF_EDIT_CHARS = 16_000
 _OBSERVATION_MAX_CHARS = 1_000_000
-_ALLOWED_CONTROL_CHARS = {"\n", "\t", "\r"}
 
 
 class SelfEditError(ValueError):
@@ -124,14 +123,8 @@ def check_self_edit_text(self_edit: Any, max_chars: int) -> str | None:
         return f"self-edit is {len(self_edit)} characters long; the limit is {max_chars}"
     if not self_edit.strip():
         return "self-edit is empty or whitespace only"
-    try:
-        self_edit.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"self-edit is not valid Unicode text (lone surrogate at position {exc.start})"
-    for position, ch in enumerate(self_edit):
-        if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROL_CHARS:
-            return f"self-edit contains control character U+{ord(ch):04X} at position {position}"
-    return None
+    problem = unusable_character(self_edit)
+    return None if problem is None else f"self-edit contains {problem}"
 
 
 def context_index(value: Any, n_contexts: int) -> int:

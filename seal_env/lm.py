@@ -50,13 +50,16 @@ def tokenize_example(
 ) -> TokenizedExample:
     """Token ids and loss mask for one example, at most ``max_tokens`` long.
 
+    The completion is plain text: special-token strings in it (``<|im_start|>``, ``<|endoftext|>``)
+    become ordinary tokens, so a self-edit cannot train the model on control tokens; the prompt may
+    hold chat-template markup, and the eos that ``add_eos`` appends is the real special id.
     Too-long examples lose the start of their prompt first (the completion is what is learnt), then
     the end of the completion.
     """
     if loss_on not in ("all", "completion"):
         raise ValueError(f"loss_on must be 'all' or 'completion', got {loss_on!r}")
     prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
-    completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(example.completion, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     truncated = len(prompt_ids) + len(completion_ids) > max_tokens

@@ -200,7 +200,7 @@ def test_official_squad_layout_is_read(tmp_path):
 @pytest.mark.parametrize(
     "content, problem",
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON"),
         ("[]", "no passages"),
         ('{"passages": []}', "expected a list"),
         ('[{"title": "x", "questions": [{"question": "q", "answer": "a"}]}]', "missing key 'context'"),

@@ -194,7 +194,7 @@ def parse_self_edit(text: str) -> ArcSelfEdit:
     except OverflowError:  # a JSON integer beyond float's range, e.g. 1e309 written out in digits
         learning_rate = math.inf
     if not math.isfinite(learning_rate):
-        raise SelfEditError(f"training.learning_rate must be a finite number, got {json.dumps(training['learning_rate'])[:60]}")
+        raise SelfEditError(f"training.learning_rate must be finite, got {json.dumps(training['learning_rate'])[:60]}")
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         raise SelfEditError(f"training.num_train_epochs must be an integer, got {json.dumps(epochs)}")
     return ArcSelfEdit(

@@ -8,13 +8,14 @@ Every loader validates the grids, so downstream code may rely on the `ArcTask` i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from seal_env.data_files import read_json_file
 
 MAX_GRID_SIZE = 30
 """ARC grids are at most 30 x 30 cells."""
@@ -131,7 +132,7 @@ def load_json_tasks(paths: str | Path | Iterable[str | Path], task_ids: Sequence
         for file in files:
             if file.stem in tasks:
                 raise ValueError(f"{file}: task id {file.stem!r} was already loaded from another file")
-            tasks[file.stem] = task_from_dict(file.stem, _read_json(file), source=str(file))
+            tasks[file.stem] = task_from_dict(file.stem, read_json_file(file, "ARC task"), source=str(file))
     return list(tasks.values()) if task_ids is None else _pick(tasks, task_ids)
 
 
@@ -172,10 +173,11 @@ def select_tasks(tasks: Iterable[ArcTask], task_ids: Sequence[str]) -> list[ArcT
 def load_task_ids(path: str | Path) -> list[str]:
     """Read a JSON list of task ids (e.g. `arc_seal_train_task_ids.json`).
 
-    Raises ValueError naming the file when it is not valid JSON or not a list of strings.
+    Raises ValueError naming the file when it is not valid JSON or not a list of strings, and
+    FileNotFoundError naming a missing file.
     """
     path = Path(path)
-    ids = _read_json(path)
+    ids = read_json_file(path, "ARC task id list")
     if not isinstance(ids, list) or not all(isinstance(task_id, str) for task_id in ids):
         raise ValueError(f"{path}: expected a JSON list of task id strings")
     return ids
@@ -186,13 +188,6 @@ def _pick(available: Mapping[str, _T], task_ids: Sequence[str]) -> list[_T]:
     if missing:
         raise ValueError(f"unknown ARC task ids: {', '.join(missing)}")
     return [available[task_id] for task_id in task_ids]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: invalid JSON: {error}") from error
 
 
 def _pair(pair: Any, where: str) -> Pair:

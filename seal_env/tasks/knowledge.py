@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from seal_env.data_files import read_json_file, require_text
 from seal_env.env import Evaluation, SelfAdaptEnv, SelfEditError, TrainingPlan
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import TrainingExample, chat_prompt, generate
@@ -86,53 +87,77 @@ def _check_passage(raw: Any, where: str) -> Passage:
     for key in ("context", "questions"):
         if key not in raw:
             raise ValueError(f"{where}: missing key {key!r}")
-    if not isinstance(raw["context"], str) or not raw["context"].strip():
-        raise ValueError(f"{where}: 'context' must be a non-empty string")
+    title = require_text(raw.get("title", ""), f"{where}: 'title'", allow_empty=True)
+    context = require_text(raw["context"], f"{where}: 'context'")
     if not isinstance(raw["questions"], list) or not raw["questions"]:
         raise ValueError(f"{where}: 'questions' must be a non-empty list")
     questions = []
     for j, q in enumerate(raw["questions"]):
-        if not isinstance(q, dict) or not isinstance(q.get("question"), str):
-            raise ValueError(f"{where}, question {j}: expected {{'question': str, 'answer': str}}")
-        answers = q.get("answers", q.get("answer"))
-        answers = [answers] if isinstance(answers, str) else answers
-        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise ValueError(f"{where}, question {j}: 'answer' must be a non-empty string (or 'answers' a list of them)")
-        questions.append(Question(q["question"], tuple(answers)))
-    self_edits = raw.get("self_edits") or {}
-    if not isinstance(self_edits, dict) or not all(
-        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in self_edits.values()
-    ):
+        at = f"{where}, question {j}"
+        if not isinstance(q, dict) or "question" not in q:
+            raise ValueError(f"{at}: expected {{'question': str, 'answer': str}}")
+        question = require_text(q["question"], f"{at}: 'question'")
+        if "answers" in q:
+            answers = q["answers"]
+            if not isinstance(answers, list) or not answers:
+                raise ValueError(f"{at}: 'answers' must be a non-empty list of strings")
+            if any(isinstance(a, dict) for a in answers):
+                raise ValueError(
+                    f"{at}: 'answers' must be strings; answer objects {{'text': ...}} belong in the SQuAD layout"
+                )
+            fields = [(f"'answers'[{k}]", a) for k, a in enumerate(answers)]
+        elif "answer" in q:
+            fields = [("'answer'", q["answer"])]
+        else:
+            raise ValueError(f"{at}: missing key 'answer' (or 'answers', a list)")
+        golds = tuple(require_text(a, f"{at}: {name}") for name, a in fields)
+        questions.append(Question(question, golds))
+    self_edits = raw.get("self_edits", {})
+    if not isinstance(self_edits, dict) or not all(isinstance(v, list) for v in self_edits.values()):
         raise ValueError(f"{where}: 'self_edits' must map generator names to lists of strings")
-    return Passage(str(raw.get("title", "")), raw["context"], tuple(questions), dict(self_edits))
+    for name, texts in self_edits.items():
+        require_text(name, f"{where}: a 'self_edits' generator name")
+        for k, text in enumerate(texts):
+            # An empty self-edit is a generator's real output; the env reports it when stepped.
+            require_text(text, f"{where}: 'self_edits'[{name!r}][{k}]", allow_empty=True)
+    return Passage(title, context, tuple(questions), dict(self_edits))
 
 
 def parse_passages(data: Any, source: str = "<data>") -> list[Passage]:
     """Passages from our layout ``[{title, context, questions: [{question, answer}]}]`` or from the
     official SQuAD v1.1 layout ``{"data": [{title, paragraphs: [{context, qas}]}]}``.
 
-    Raises ``ValueError`` naming ``source`` and the problem.
+    ``title`` may be missing (= ""); every text must be a string free of control characters (other
+    than newline, tab, carriage return) and lone surrogates, and all but titles and self-edits must
+    be non-blank. Raises ``ValueError`` naming ``source`` and the problem.
     """
-    if isinstance(data, dict) and "data" in data:  # official SQuAD layout
+    if isinstance(data, dict) and "data" in data:  # official SQuAD layout, flattened into ours
         if not isinstance(data["data"], list):
             raise ValueError(f"{source}: SQuAD layout needs 'data' to be a list of articles")
-        flat = []
+        entries = []
         for a, article in enumerate(data["data"]):
-            for p, paragraph in enumerate(article.get("paragraphs", []) if isinstance(article, dict) else []):
-                if not isinstance(paragraph, dict):
-                    raise ValueError(f"{source}: article {a}, paragraph {p} is not an object")
-                qas = [
-                    {"question": qa.get("question"), "answers": [ans.get("text") for ans in qa.get("answers", [])]}
-                    for qa in paragraph.get("qas", [])
-                    if isinstance(qa, dict)
-                ]
-                flat.append({"title": article.get("title", ""), "context": paragraph.get("context"), "questions": qas})
-        data = flat
-    if not isinstance(data, list):
+            paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+            if not isinstance(paragraphs, list):
+                raise ValueError(f"{source}: article {a}: expected an object with a list of 'paragraphs'")
+            for p, paragraph in enumerate(paragraphs):
+                where = f"{source}: article {a}, paragraph {p}"
+                qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
+                if not isinstance(qas, list):
+                    raise ValueError(f"{where}: expected an object with a list of 'qas'")
+                questions = []
+                for j, qa in enumerate(qas):
+                    answers = qa.get("answers") if isinstance(qa, dict) else None
+                    if not isinstance(answers, list) or not all(isinstance(x, dict) and "text" in x for x in answers):
+                        raise ValueError(f"{where}, question {j}: 'answers' must be a list of {{'text': str}} objects")
+                    questions.append({**qa, "answers": [x["text"] for x in answers]})
+                entries.append((where, {**paragraph, "title": article.get("title", ""), "questions": questions}))
+    elif isinstance(data, list):
+        entries = [(f"{source}: passage {i}", raw) for i, raw in enumerate(data)]
+    else:
         raise ValueError(f"{source}: expected a list of passages or a SQuAD v1.1 object with 'data'")
-    if not data:
+    if not entries:
         raise ValueError(f"{source}: no passages")
-    return [_check_passage(raw, f"{source}: passage {i}") for i, raw in enumerate(data)]
+    return [_check_passage(raw, where) for where, raw in entries]
 
 
 def load_passages(path: str | Path | None = None) -> list[Passage]:
@@ -141,13 +166,7 @@ def load_passages(path: str | Path | None = None) -> list[Passage]:
         text = resources.files("seal_env.data").joinpath("demo_passages.json").read_text(encoding="utf-8")
         return parse_passages(json.loads(text), "built-in demo_passages.json")
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such passages file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return parse_passages(data, str(path))
+    return parse_passages(read_json_file(path, "passages"), str(path))
 
 
 class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
