@@ -226,3 +226,14 @@ def test_parse_passages_keeps_external_self_edits():
     (passage,) = parse_passages([{"context": "c", "questions": [{"question": "q", "answer": "a"}],
                                   "self_edits": {"gpt-4.1": ["1. x"]}}])
     assert passage.self_edits == {"gpt-4.1": ["1. x"]}
+
+
+def test_title_prefix_and_question_topic_put_the_title_in_training_and_questions(tiny_lm):
+    plain = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST)
+    titled = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, title_prefix=True, question_topic=True)
+    examples = titled.self_edit_to_examples(SELF_EDIT, PASSAGES[0])
+    assert [e.completion for e in examples] == [f"Velmora Bridge\n{e.completion}" for e in plain.self_edit_to_examples(SELF_EDIT, PASSAGES[0])]
+    prompts = titled.question_prompts(PASSAGES[0])
+    assert all("Topic: Velmora Bridge\n" + q.question in p for p, q in zip(prompts, PASSAGES[0].questions))
+    assert not any("Topic:" in p or PASSAGES[0].context in p for p in plain.question_prompts(PASSAGES[0]))
+    assert PASSAGES[0].context not in "".join(prompts)  # still closed-book

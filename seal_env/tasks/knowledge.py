@@ -186,6 +186,10 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         include_passage: also train on the passage itself (the paper's "passage + self-edit").
         split_lines: one training sequence per line (paper's single-passage setting) or the whole
             self-edit as one sequence (its multi-passage setting).
+        title_prefix: start every training sequence with the passage's title (SEAL's release does),
+            so that what is learnt is tied to the topic.
+        question_topic: name the topic in each closed-book question ("Topic: {title}"), as SEAL's
+            answer prompt does; a bare question is often ambiguous without its passage.
         max_answer_tokens: greedy answer length.
         **kwargs: see :class:`~seal_env.env.SelfAdaptEnv` (model, inner_loop, reward_margin, ...).
     """
@@ -199,6 +203,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         baseline: str = "base",
         include_passage: bool = False,
         split_lines: bool = True,
+        title_prefix: bool = False,
+        question_topic: bool = False,
         max_answer_tokens: int = 24,
         **kwargs: Any,
     ):
@@ -216,6 +222,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         self.baseline_mode = baseline
         self.include_passage = include_passage
         self.split_lines = split_lines
+        self.title_prefix = title_prefix
+        self.question_topic = question_topic
         self.max_answer_tokens = max_answer_tokens
 
     def render_prompt(self, passage: Passage) -> str:
@@ -228,6 +236,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         texts = self_edit_lines(self_edit) if self.split_lines else [self_edit.strip()]
         if not texts:
             raise SelfEditError("self-edit has no usable lines")
+        if self.title_prefix and passage.title:
+            texts = [f"{passage.title}\n{text}" for text in texts]
         if self.include_passage:
             texts = [self.render_context(passage)] + texts
         return [TrainingExample(text) for text in texts]
@@ -238,8 +248,12 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         return TrainingPlan([TrainingExample(self.render_context(passage))], self.inner_loop)
 
     def question_prompts(self, passage: Passage) -> list[str]:
-        """Closed-book prompts: the question alone, in the model's chat format."""
-        return [chat_prompt(self.tokenizer, q.question, system=QUESTION_SYSTEM_PROMPT) for q in passage.questions]
+        """Closed-book prompts: the question (after its topic, with ``question_topic``), in the model's
+        chat format; never the passage."""
+        topic = f"Topic: {passage.title}\n" if self.question_topic and passage.title else ""
+        return [
+            chat_prompt(self.tokenizer, topic + q.question, system=QUESTION_SYSTEM_PROMPT) for q in passage.questions
+        ]
 
     def evaluate(self, model: torch.nn.Module, passage: Passage) -> Evaluation:
         prompts = self.question_prompts(passage)

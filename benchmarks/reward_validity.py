@@ -1,0 +1,493 @@
+"""Reward-validity benchmark: does the knowledge environment's reward measure knowledge?
+
+For each passage the environment is stepped, exactly as an agent steps it, on
+
+* ``restatement`` - the passage restated one sentence per line (a faithful self-edit);
+* one self-edit of each external set in the data's ``self_edits`` (``qwen2.5-7b-base``, ``gpt-4.1``,
+  ``seal-iter2-qwen2.5-7b`` in the SEAL release);
+* ``untrained`` - ``--samples`` self-edits sampled from the untrained model (as the train job samples);
+* two junk controls: ``junk-other`` (the restatement of a different passage) and ``junk-shuffled``
+  (the passage's words in a random order).
+
+The environment's evaluation is extended by one number: the gold-answer log-likelihood on the
+questions of a *control* passage (another passage of the data), which an update should not move.
+Every self-edit is stepped under inner-loop seed 0; those of the first ``--retest-limit`` passages
+also under seed 1.
+
+The JSON holds, each as a number or ``{mean, low, high}`` with a 95% bootstrap interval over passages:
+
+``restatement_positive_fraction``
+    share of passages where the restatement's dense gain (score minus baseline) is above 0;
+``junk_loses_fraction``
+    share of (passage, junk) pairs where the junk gains less than the restatement;
+``seal_beats_untrained_fraction``
+    share of (seal-iter2 self-edit, untrained self-edit) pairs of a passage where the first gains more;
+``retest_r``
+    Pearson correlation of the gains under the two inner-loop seeds;
+``dense_text_agreement``
+    Spearman rank correlation between the dense gain and the text gain (the mean of the gains in
+    answer containment and token F1) over all stepped self-edits;
+``control_damage``
+    mean change of the control passage's gold log-likelihood (nats per token; negative = damage);
+``length_partial_r``
+    multiple correlation R of the dense gain with the number of training lines and of training
+    tokens (0: length buys no reward).
+
+Candidates (``--candidate``) are named settings of the environment and its inner loop; see
+:data:`CANDIDATES`. Each step is appended to ``<out>/<candidate>.log.jsonl`` (the same command
+resumes), sampled self-edits are cached in ``<out>/self_edits.jsonl`` and shared by the candidates.
+
+Example::
+
+    python benchmarks/reward_validity.py --data ../shared/data/squad_eval_passages.json --limit 50 \\
+        --candidate default --out results/reward_validity --json results/reward_validity/default.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from _common import Interval, ResultLog, bootstrap_ci, markdown_table, run_environment, write_json
+from seal_env.env import Evaluation
+from seal_env.inner_loop import InnerLoopConfig
+from seal_env.lm import sample_self_edits
+from seal_env.models import DEFAULT_MODEL_NAME, load_model
+from seal_env.scoring import answer_log_likelihoods
+from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
+
+SEAL_SET = "seal-iter2-qwen2.5-7b"
+JUNK_KINDS = ("junk-other", "junk-shuffled")
+RETEST_SEED = 1
+
+# The train job's preset before this benchmark chose one (agents.runner's lighter inner loop).
+_TRAIN_PRESET = InnerLoopConfig(epochs=2, batch_size=8, max_tokens_per_example=128)
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "train-preset": {"inner_loop": _TRAIN_PRESET},
+    "lr-3e-4": {"inner_loop": InnerLoopConfig(learning_rate=3e-4)},
+    "seal-targets": {"inner_loop": InnerLoopConfig(target_modules=["q_proj", "v_proj"])},
+    "topic": {"question_topic": True},
+    "title-prefix": {"title_prefix": True},
+    "topic-title": {"question_topic": True, "title_prefix": True},
+    "topic-title-lr-3e-4": {"question_topic": True, "title_prefix": True, "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
+    "passage-baseline": {"baseline": "passage"},
+}
+"""Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config)."""
+
+TARGETS = {
+    "restatement_positive_fraction": (">=", 0.95),
+    "junk_loses_fraction": (">=", 0.95),
+    "seal_beats_untrained_fraction": (">=", 0.70),
+    "retest_r": (">=", 0.9),
+    "length_partial_r": ("|x|<=", 0.3),
+}
+
+
+@dataclass
+class ValidityConfig:
+    data: Path
+    """Passages JSON with external ``self_edits`` sets (the layout of squad_eval_passages.json)."""
+    out: Path
+    """Folder of the resumable logs (one per candidate) and the shared self-edit cache."""
+    json: Path | None = None
+    """Where to write the summary JSON (default ``<out>/<candidate>.json``); a markdown table goes beside it."""
+    candidate: str = "default"
+    """Name in :data:`CANDIDATES`."""
+    limit: int = 50
+    """Use the first N passages."""
+    retest_limit: int | None = None
+    """Step the self-edits of the first N passages under a second inner-loop seed (default: all)."""
+    samples: int = 2
+    """Self-edits sampled from the untrained model per passage."""
+    temperature: float = 1.0
+    sample_tokens: int = 128
+    seed: int = 0
+    """Seed of sampling and shuffling."""
+    model: str | None = None
+    """Model id or path (default: the embedded SmolLM2-135M-Instruct)."""
+    device: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.candidate not in CANDIDATES:
+            raise ValueError(f"unknown candidate {self.candidate!r}; choose one of {', '.join(CANDIDATES)}")
+        if self.limit < 2:
+            raise ValueError("--limit must be >= 2 (the controls need another passage)")
+        if self.samples < 1:
+            raise ValueError("--samples must be >= 1")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a passage (split after ., ! or ? followed by space)."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
+def restatement(passage: Passage) -> str:
+    return "\n".join(sentences(passage.context))
+
+
+def shuffled_words(passage: Passage, seed: int) -> str:
+    """The passage's words in a random order, as lines of the restatement's lengths (the same size)."""
+    words = passage.context.split()
+    order = np.random.default_rng(seed).permutation(len(words))
+    shuffled = [words[i] for i in order]
+    lines, start = [], 0
+    for sentence in sentences(passage.context):
+        n = len(sentence.split())
+        lines.append(" ".join(shuffled[start : start + n]))
+        start += n
+    return "\n".join(line for line in lines if line)
+
+
+class ControlledKnowledgeEnv(KnowledgeIncorporationEnv):
+    """The knowledge environment, whose evaluation also reports the gold-answer log-likelihood on a
+    control passage's questions (``metrics["control_log_likelihood"]``); the reward is unchanged."""
+
+    def __init__(self, *args: Any, control_of: Callable[[Passage], Passage], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.control_of = control_of
+
+    def evaluate(self, model: torch.nn.Module, passage: Passage) -> Evaluation:
+        evaluation = super().evaluate(model, passage)
+        control = self.control_of(passage)
+        likelihoods = answer_log_likelihoods(
+            model, self.tokenizer, self.question_prompts(control), [q.answers[0] for q in control.questions]
+        )
+        evaluation.metrics["control_log_likelihood"] = float(np.mean(likelihoods))
+        return evaluation
+
+
+class RewardValidity:
+    def __init__(self, config: ValidityConfig, model: tuple[torch.nn.Module, Any] | None = None):
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        passages = load_passages(config.data)[: config.limit]
+        if len(passages) < 2:
+            raise ValueError(f"{config.data}: the benchmark needs at least 2 passages")
+        self.passages = passages
+        position = {id(p): i for i, p in enumerate(passages)}
+        n = len(passages)
+        model = model or load_model(config.model, device=config.device)
+        settings = dict(CANDIDATES[config.candidate])
+        self.env = ControlledKnowledgeEnv(
+            passages, model=model, control_of=lambda p: passages[(position[id(p)] + n // 2) % n], **settings
+        )
+        self.external_sets = sorted({name for p in passages for name in p.self_edits})
+        config.out.mkdir(parents=True, exist_ok=True)
+        self.samples = ResultLog(
+            config.out / "self_edits.jsonl",
+            {"data": str(config.data), "model": config.model or DEFAULT_MODEL_NAME, "samples": config.samples,
+             "temperature": config.temperature, "sample_tokens": config.sample_tokens, "seed": config.seed},
+            ("passage",),
+        )
+        self.log = ResultLog(config.out / f"{config.candidate}.log.jsonl", self._provenance(), ("passage", "kind", "seed"))
+
+    def _provenance(self) -> dict[str, Any]:
+        env = self.env
+        return {
+            "data": str(self.config.data),
+            "model": self.config.model or DEFAULT_MODEL_NAME,
+            "candidate": self.config.candidate,
+            "inner_loop": env.inner_loop.to_dict(),
+            "env": {"reward_metric": env.reward_metric, "baseline": env.baseline_mode,
+                    "include_passage": env.include_passage, "max_answer_tokens": env.max_answer_tokens,
+                    "title_prefix": env.title_prefix, "question_topic": env.question_topic},
+            "samples": self.config.samples,
+            "seed": self.config.seed,
+        }
+
+    # ------------------------------------------------------------------ self-edits
+
+    def untrained_self_edits(self, index: int) -> list[str]:
+        cached = self.samples.get((index,))
+        if cached is None:
+            texts = sample_self_edits(
+                self.env.model, self.env.tokenizer, [self.env.render_prompt(self.passages[index])],
+                n=self.config.samples, temperature=self.config.temperature,
+                max_new_tokens=self.config.sample_tokens, seed=self.config.seed + index,
+            )[0]
+            cached = {"passage": index, "texts": texts}
+            self.samples.append(cached)
+        return cached["texts"]
+
+    def self_edits(self, index: int) -> dict[str, str]:
+        """Every self-edit stepped for passage ``index``, by kind."""
+        passage = self.passages[index]
+        other = self.passages[(index + 1) % len(self.passages)]
+        edits = {"restatement": restatement(passage)}
+        edits.update({name: passage.self_edits[name][0] for name in self.external_sets if passage.self_edits.get(name)})
+        edits.update({f"untrained-{k}": text for k, text in enumerate(self.untrained_self_edits(index))})
+        edits["junk-other"] = restatement(other)
+        edits["junk-shuffled"] = shuffled_words(passage, self.config.seed + index)
+        return edits
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self, index: int, kind: str, self_edit: str, seed: int) -> dict[str, Any]:
+        env = self.env
+        env.inner_loop = replace(env.inner_loop, seed=seed)
+        env.reset(options={"index": index})
+        _, reward, _, _, info = env.step(self_edit)
+        metrics, baseline = info["metrics"], info["baseline_metrics"]
+
+        def change(name: str) -> float | None:
+            return metrics[name] - baseline[name] if name in metrics and name in baseline else None
+
+        lines = [e.completion for e in env.plan_training(self_edit, self.passages[index]).examples] if not info["error"] else []
+        return {
+            "passage": index, "kind": kind, "seed": seed, "reward": reward, "error": info["error"],
+            "gain": info["gain"], "contains_gain": change("contains"), "f1_gain": change("f1"),
+            "control_change": change("control_log_likelihood"),
+            "n_lines": len(lines), "n_train_tokens": info["n_train_tokens"],
+            "train_seconds": float(info["train_seconds"]), "eval_seconds": float(info["eval_seconds"]),
+        }
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        retest = len(self.passages) if config.retest_limit is None else min(config.retest_limit, len(self.passages))
+        work = []
+        for index in range(len(self.passages)):
+            seeds = (self.env.inner_loop.seed, RETEST_SEED) if index < retest else (self.env.inner_loop.seed,)
+            for seed in seeds:
+                work.append((index, seed))
+        base_seed = self.env.inner_loop.seed
+        with tqdm(total=len(work), desc=f"{config.candidate}: passages x seeds") as bar:
+            for index, seed in work:
+                for kind, text in self.self_edits(index).items():
+                    if (index, kind, seed) not in self.log:
+                        self.log.append(self.step(index, kind, text, seed))
+                bar.update()
+        self.env.inner_loop = replace(self.env.inner_loop, seed=base_seed)
+        summary = summarise(list(self.log), len(self.passages), self._provenance())
+        summary["environment"] = run_environment()
+        path = config.json or config.out / f"{config.candidate}.json"
+        write_json(path, summary)
+        path.with_suffix(".md").write_text(markdown_summary([summary]), encoding="utf-8")
+        return summary
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+def _by_passage(records: Sequence[dict[str, Any]], seed: int) -> dict[int, dict[str, dict[str, Any]]]:
+    table: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in records:
+        if r["seed"] == seed:
+            table.setdefault(r["passage"], {})[r["kind"]] = r
+    return table
+
+
+def _gain(record: dict[str, Any] | None) -> float | None:
+    return None if record is None else record["gain"]
+
+
+def passage_bootstrap(
+    passages: Sequence[int], statistic: Callable[[Sequence[int]], float], *, n_resamples: int = 2000, seed: int = 0
+) -> Interval:
+    """``statistic`` over the passages and its 95% percentile-bootstrap interval, resampling passages
+    (for statistics that are not a mean of per-passage values: correlations)."""
+    point = statistic(passages)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        value = statistic([passages[i] for i in rng.integers(0, len(passages), len(passages))])
+        if math.isfinite(value):
+            values.append(value)
+    if not values or not math.isfinite(point):
+        return Interval(point, math.nan, math.nan)
+    low, high = np.quantile(values, [0.025, 0.975])
+    return Interval(point, float(low), float(high))
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731 (ties are rare in gains)
+    return _pearson(rank(np.asarray(x)), rank(np.asarray(y)))
+
+
+def _multiple_r(y: Sequence[float], predictors: Sequence[Sequence[float]]) -> float:
+    """R of the least-squares fit of ``y`` on the predictors (with an intercept)."""
+    if len(y) < len(predictors) + 2 or np.std(y) == 0:
+        return math.nan
+    design = np.column_stack([np.ones(len(y)), *predictors])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    fitted = design @ coef
+    ss_res, ss_tot = np.sum((y - fitted) ** 2), np.sum((np.asarray(y) - np.mean(y)) ** 2)
+    return float(math.sqrt(max(0.0, 1.0 - ss_res / ss_tot)))
+
+
+def _mean_interval(values_by_passage: dict[int, float]) -> dict[str, float] | None:
+    if not values_by_passage:
+        return None
+    return bootstrap_ci(list(values_by_passage.values())).to_dict()
+
+
+def summarise(records: Sequence[dict[str, Any]], n_passages: int, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The validity statistics of a candidate's logged steps (see the module docstring)."""
+    base_seed = provenance["inner_loop"]["seed"]
+    main = _by_passage(records, base_seed)
+    restatement_positive, junk_loses, seal_beats, damage = {}, {}, {}, {}
+    for p, kinds in main.items():
+        restated = _gain(kinds.get("restatement"))
+        if restated is not None:
+            restatement_positive[p] = float(restated > 0)
+            junk = [_gain(kinds.get(k)) for k in JUNK_KINDS]
+            # An unusable junk self-edit (no gain) counts as losing: it earns reward 0.
+            junk_loses[p] = float(np.mean([g is None or g < restated for g in junk]))
+        seal = _gain(kinds.get(SEAL_SET))
+        untrained = [_gain(r) for k, r in kinds.items() if k.startswith("untrained-")]
+        if seal is not None and untrained:
+            seal_beats[p] = float(np.mean([u is None or seal > u for u in untrained]))
+        changes = [r["control_change"] for r in kinds.values() if r["control_change"] is not None]
+        if changes:
+            damage[p] = float(np.mean(changes))
+
+    usable = [r for r in records if r["seed"] == base_seed and r["gain"] is not None]
+    passages = sorted({r["passage"] for r in usable})
+
+    def of(ps: Sequence[int], kinds: Callable[[dict], bool] = lambda r: True) -> list[dict[str, Any]]:
+        chosen = []
+        for p in ps:
+            chosen += [r for r in usable if r["passage"] == p and kinds(r)]
+        return chosen
+
+    retest = _by_passage(records, RETEST_SEED)
+    pairs = {
+        p: [(main[p][k]["gain"], r["gain"]) for k, r in kinds.items()
+            if k in main.get(p, {}) and r["gain"] is not None and main[p][k]["gain"] is not None]
+        for p, kinds in retest.items()
+    }
+    retest_passages = sorted(p for p in pairs if pairs[p])
+
+    def retest_r(ps: Sequence[int]) -> float:
+        points = [pair for p in ps for pair in pairs[p]]
+        return _pearson([a for a, _ in points], [b for _, b in points])
+
+    def agreement(ps: Sequence[int]) -> float:
+        rows = [r for r in of(ps) if r["contains_gain"] is not None]
+        return _spearman([r["gain"] for r in rows], [(r["contains_gain"] + r["f1_gain"]) / 2 for r in rows])
+
+    def length_r(ps: Sequence[int]) -> float:
+        rows = of(ps, lambda r: r["kind"] not in JUNK_KINDS)
+        return _multiple_r(np.array([r["gain"] for r in rows]),
+                           [np.array([r["n_lines"] for r in rows], float), np.array([r["n_train_tokens"] for r in rows], float)])
+
+    by_kind = {}
+    for r in records:
+        if r["seed"] == base_seed:
+            by_kind.setdefault(r["kind"].split("-")[0] if r["kind"].startswith("untrained") else r["kind"], []).append(r)
+    summary = {
+        "candidate": provenance["candidate"],
+        "n_passages": len(main),
+        "n_passages_planned": n_passages,
+        "n_steps": len(records),
+        "restatement_positive_fraction": _mean_interval(restatement_positive),
+        "junk_loses_fraction": _mean_interval(junk_loses),
+        "seal_beats_untrained_fraction": _mean_interval(seal_beats),
+        "retest_r": passage_bootstrap(retest_passages, retest_r).to_dict() if retest_passages else None,
+        "dense_text_agreement": passage_bootstrap(passages, agreement).to_dict() if passages else None,
+        "control_damage": _mean_interval(damage),
+        "length_partial_r": passage_bootstrap(passages, length_r).to_dict() if passages else None,
+        "by_kind": {
+            kind: {"n": len(rs), "mean_gain": float(np.mean([r["gain"] for r in rs if r["gain"] is not None] or [math.nan])),
+                   "reward_rate": float(np.mean([r["reward"] for r in rs])),
+                   "errors": sum(r["error"] is not None for r in rs),
+                   "median_train_seconds": float(np.median([r["train_seconds"] for r in rs])),
+                   "median_eval_seconds": float(np.median([r["eval_seconds"] for r in rs]))}
+            for kind, rs in sorted(by_kind.items())
+        },
+        "targets": {name: f"{op} {value}" for name, (op, value) in TARGETS.items()},
+        "provenance": provenance,
+    }
+    summary["targets_met"] = met(summary)
+    return summary
+
+
+def met(summary: dict[str, Any]) -> dict[str, bool | None]:
+    """Which targets the point estimates meet (None: not measured)."""
+    result: dict[str, bool | None] = {}
+    for name, (op, value) in TARGETS.items():
+        entry = summary.get(name)
+        x = entry["mean"] if isinstance(entry, dict) else entry
+        if x is None or not math.isfinite(x):
+            result[name] = None
+        else:
+            result[name] = abs(x) <= value if op == "|x|<=" else x >= value
+    return result
+
+
+def _cell(entry: Any, digits: int = 2) -> str:
+    if entry is None:
+        return "-"
+    if isinstance(entry, dict):
+        if not math.isfinite(entry["low"]):
+            return f"{entry['mean']:.{digits}f}"
+        return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+    return f"{entry:.{digits}f}"
+
+
+STATISTICS = ("restatement_positive_fraction", "junk_loses_fraction", "seal_beats_untrained_fraction", "retest_r",
+              "dense_text_agreement", "control_damage", "length_partial_r")
+
+
+def markdown_summary(summaries: Sequence[dict[str, Any]]) -> str:
+    """One row per candidate: every statistic with its interval, and the targets met."""
+    header = ["candidate", "passages"] + list(STATISTICS) + ["targets met"]
+    rows = []
+    for s in summaries:
+        hits = met(s)
+        rows.append([s["candidate"], s["n_passages"]] + [_cell(s[name]) for name in STATISTICS]
+                    + [f"{sum(bool(v) for v in hits.values())}/{len(hits)}"])
+    return markdown_table(header, rows)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ValidityConfig:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/reward_validity"))
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--candidate", choices=sorted(CANDIDATES), default="default")
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--retest-limit", type=int, default=None)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--sample-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    return ValidityConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+        summary = RewardValidity(config).run()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"reward_validity: error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_summary([summary]))
+    hits = met(summary)
+    print("targets met: " + ", ".join(f"{k}={'yes' if v else ('no' if v is False else 'n/a')}" for k, v in hits.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

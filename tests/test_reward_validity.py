@@ -1,0 +1,93 @@
+"""The reward-validity benchmark (benchmarks/reward_validity.py) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import reward_validity as rv  # noqa: E402
+
+PASSAGES = [
+    {"title": "Velmora Bridge", "context": "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
+     "questions": [{"question": "Who designed the Velmora Bridge?", "answer": "Talia Norwin"},
+                   {"question": "What colour is the Velmora Bridge?", "answer": "ochre"}],
+     "self_edits": {"seal-iter2-qwen2.5-7b": ["Talia Norwin designed the bridge.\nThe bridge is ochre."],
+                    "gpt-4.1": ["The Velmora Bridge's designer was Talia Norwin."]}},
+    {"title": "Quell Lake", "context": "Quell Lake lies in the Tarn Valley. It freezes every March.",
+     "questions": [{"question": "Where is Quell Lake?", "answer": "the Tarn Valley"}],
+     "self_edits": {"seal-iter2-qwen2.5-7b": ["Quell Lake is in the Tarn Valley."], "gpt-4.1": ["It freezes in March."]}},
+    {"title": "Orrin Lamp", "context": "The Orrin lamp burns whale oil! It was made in 1820.",
+     "questions": [{"question": "What does the Orrin lamp burn?", "answer": "whale oil"}],
+     "self_edits": {"seal-iter2-qwen2.5-7b": ["The Orrin lamp burns whale oil."], "gpt-4.1": ["Made in 1820."]}},
+]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "passages.json"
+    path.write_text(json.dumps(PASSAGES), encoding="utf-8")
+    return path
+
+
+def test_restatement_and_shuffled_junk_keep_the_passage_size():
+    passage = rv.load_passages(None)[0]
+    restated = rv.restatement(passage)
+    assert restated.splitlines() == rv.sentences(passage.context) and len(restated.splitlines()) >= 2
+    junk = rv.shuffled_words(passage, seed=0)
+    assert sorted(junk.split()) == sorted(passage.context.split()) and junk != restated.replace("\n", " ")
+    assert len(junk.splitlines()) == len(restated.splitlines())
+
+
+def test_benchmark_steps_every_kind_resumes_and_reports_every_statistic(data_file, tmp_path, tiny_lm, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setitem(rv.CANDIDATES, "tiny", {"inner_loop": rv.InnerLoopConfig(rank=2, epochs=1, learning_rate=1e-2),
+                                                "max_answer_tokens": 3})
+    config = rv.ValidityConfig(data=data_file, out=tmp_path / "out", candidate="tiny", limit=3, retest_limit=2,
+                               samples=2, sample_tokens=8)
+    summary = rv.RewardValidity(config, model=tiny_lm).run()
+    records = (tmp_path / "out" / "tiny.log.jsonl").read_text().splitlines()
+    kinds = {"restatement", "seal-iter2-qwen2.5-7b", "gpt-4.1", "untrained-0", "untrained-1", "junk-other", "junk-shuffled"}
+    assert summary["n_steps"] == len(records) - 1 == 7 * (3 + 2)  # 3 passages x seed 0, 2 x seed 1
+    logged = [json.loads(line) for line in records[1:]]
+    assert {r["kind"] for r in logged} == kinds
+    for name in rv.STATISTICS:
+        entry = summary[name]
+        assert entry is not None, name
+        assert math.isfinite(entry["mean"]) or name in ("retest_r", "dense_text_agreement", "length_partial_r")
+    assert 0.0 <= summary["junk_loses_fraction"]["mean"] <= 1.0
+    assert set(summary["targets_met"]) == set(rv.TARGETS)
+    assert (tmp_path / "out" / "tiny.md").read_text().startswith("| candidate")
+    # Resumed: nothing is stepped again.
+    monkeypatch.setattr(rv.RewardValidity, "step", lambda *a, **k: pytest.fail("stepped again"))
+    again = rv.RewardValidity(config, model=tiny_lm).run()
+    assert again["restatement_positive_fraction"] == summary["restatement_positive_fraction"]
+
+
+def test_statistics_on_hand_made_records():
+    provenance = {"candidate": "x", "inner_loop": {"seed": 0}}
+
+    def record(p, kind, gain, seed=0, lines=2, tokens=20):
+        return {"passage": p, "kind": kind, "seed": seed, "reward": float(gain > 0), "error": None, "gain": gain,
+                "contains_gain": gain, "f1_gain": gain, "control_change": -0.1, "n_lines": lines,
+                "n_train_tokens": tokens, "train_seconds": 1.0, "eval_seconds": 1.0}
+
+    records = []
+    for p in range(4):
+        records += [record(p, "restatement", 1.0 + p), record(p, "junk-other", -1.0), record(p, "junk-shuffled", 2.0 + p),
+                    record(p, rv.SEAL_SET, 0.5), record(p, "untrained-0", 0.1 * p), record(p, "untrained-1", 0.9)]
+        records += [record(p, "restatement", 1.1 + p, seed=1), record(p, "junk-other", -0.9, seed=1)]
+    summary = rv.summarise(records, 4, provenance)
+    assert summary["restatement_positive_fraction"]["mean"] == 1.0
+    assert summary["junk_loses_fraction"]["mean"] == 0.5  # the shuffled junk beats every restatement
+    assert summary["seal_beats_untrained_fraction"]["mean"] == 0.5  # beats 0.1 * p, never 0.9
+    assert summary["retest_r"]["mean"] == pytest.approx(1.0)
+    assert summary["dense_text_agreement"]["mean"] == pytest.approx(1.0)
+    assert summary["control_damage"]["mean"] == pytest.approx(-0.1)
+    assert summary["targets_met"]["junk_loses_fraction"] is False
+    assert summary["targets_met"]["restatement_positive_fraction"] is True
