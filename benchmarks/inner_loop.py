@@ -61,10 +61,10 @@ from _common import markdown_table, run_environment, write_json
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from seal_env.inner_loop import InnerLoopConfig, adapted
+from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, adapted, prepare_update, training_state_restored
 from seal_env.lm import TrainingExample, pack_batch, token_log_probs, tokenize_example
 from seal_env.models import load_model
-from seal_env.multi_lora import _prepare, adapted_many, default_max_batch_tokens, pack_passes
+from seal_env.multi_lora import adapted_many, default_max_batch_tokens, pack_passes
 from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
 
 SEAL_MAX_LENGTH = 2048
@@ -231,17 +231,6 @@ def _status_kib(key: str) -> int:
 # ------------------------------------------------------------------------------------ methods
 
 
-@contextmanager
-def requires_grad_restored(model: torch.nn.Module) -> Iterator[None]:
-    """Put every parameter's ``requires_grad`` back as it was after the block (PEFT and the ceiling change them)."""
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    try:
-        yield
-    finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(flags[name])
-
-
 @dataclass
 class Measurement:
     """One method's run over some self-edits in one round."""
@@ -298,7 +287,7 @@ class Bench:
     # (a) -------------------------------------------------------------------------------------
     def reference(self, items: list[Item], m: Measurement) -> None:
         length = self.args.reference_max_length
-        with requires_grad_restored(self.model):  # get_peft_model freezes the base
+        with training_state_restored(self.model):  # get_peft_model freezes the base
             for item in items:
                 start = time.perf_counter()
                 rows = []
@@ -360,11 +349,11 @@ class Bench:
             for first in range(0, len(items), k):
                 chunk = items[first : first + k]
                 start = time.perf_counter()
-                jobs = [(item.examples, self.config) for item in chunk]
-                with adapted_many(self.model, self.tokenizer, jobs, max_batch_tokens=self.args.max_batch_tokens) as run:
+                plans = [TrainingPlan(item.examples, self.config) for item in chunk]
+                with adapted_many(self.model, self.tokenizer, plans, max_batch_tokens=self.args.max_batch_tokens) as run:
                     m.train_seconds += time.perf_counter() - start
                     m.tokens += run.stats.tokens
-                    m.padded_tokens += run.stats.padded_tokens
+                    m.padded_tokens += run.stats.tokens  # packed end to end: no padding
                     start = time.perf_counter()
                     with torch.no_grad():
                         evaluations = self.env.evaluate_batch(run.model, [item.passage for item in chunk], run.route)
@@ -386,12 +375,13 @@ class Bench:
             hook = self.model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.requires_grad_())
             self.model.train()
             try:
-                with requires_grad_restored(self.model):
+                with training_state_restored(self.model):
                     for p in self.model.parameters():
                         p.requires_grad_(False)
                     for first in range(0, len(items), k):
                         # multi_lora's own schedule: the same rows in every step as adapted_many trains.
-                        adapters = [_prepare(self.tokenizer, item.examples, self.config) for item in items[first : first + k]]
+                        adapters = [prepare_update(self.tokenizer, TrainingPlan(item.examples, self.config))
+                                    for item in items[first : first + k]]
                         start = time.perf_counter()
                         for step in range(max(len(a.batches) for a in adapters)):
                             rows = [a.examples[j] for a in adapters if step < len(a.batches) for j in a.batches[step][1]]

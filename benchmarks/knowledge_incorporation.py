@@ -42,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import sys
 import time
@@ -54,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, bootstrap_ci, format_interval, markdown_table, run_environment, write_json
+from _common import ResultLog, bootstrap_ci, file_digest, format_interval, markdown_table, run_environment, write_json
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
@@ -193,15 +192,6 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-
-def _digest(path: Path) -> str:
-    """SHA-256 of a file, or of every file of a folder (so a changed generator is noticed)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def _mean_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -385,9 +375,9 @@ class Benchmark:
         """What the results depend on (a log written under other values is refused)."""
         c = self.config
         return {
-            "data_sha256": _digest(c.data),
+            "data_sha256": file_digest(c.data),
             "model": c.model or self.model_label,
-            "generator_sha256": _digest(c.generator) if c.generator else None,
+            "generator_sha256": file_digest(c.generator) if c.generator else None,
             "inner_loop": self.env.inner_loop.to_dict(),
             "self_edits_per_passage": c.self_edits_per_passage,
             "seed": c.seed,

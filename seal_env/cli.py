@@ -4,8 +4,10 @@ Subcommands:
 
 * ``seal-env demo`` – show a context, sample self-edits from a model, step the environment on each and
   print a table of rewards, scores and timings.
-* ``seal-env train`` – train a self-edit generator with an agent (ReST-EM or GRPO); see ``agents.cli``.
 * ``seal-env envs`` – list the registered environment ids.
+* ``seal-env train`` – train a self-edit generator with an agent (ReST-EM or GRPO). It is added by the
+  ``agents`` package (``agents.cli.add_train_command``) through the ``seal_env.commands`` entry-point
+  group, which any installed package may extend with ``def command(subparsers) -> None``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from importlib.metadata import entry_points
 from typing import Sequence
 
 import gymnasium as gym
 
 from seal_env.inner_loop import InnerLoopConfig
+
+COMMANDS_GROUP = "seal_env.commands"
+"""Entry-point group of extra subcommands: each entry is ``command(subparsers)`` and adds its parser."""
 
 _INNER_LOOP_OPTIONS = {
     "rank": "LoRA rank",
@@ -141,15 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_inner_loop_arguments(demo)
     demo.set_defaults(handler=_demo)
 
-    train = sub.add_parser("train", help="train a self-edit generator with an RL agent (ReST-EM or GRPO)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    from agents.cli import add_train_arguments, run_train
-
-    add_train_arguments(train)
-    train.set_defaults(handler=run_train)
-
     envs = sub.add_parser("envs", help="list the registered environment ids")
     envs.set_defaults(handler=_envs)
+
+    # Packages above this one add their subcommands (the agents package adds ``train``) through the
+    # ``seal_env.commands`` entry-point group, so that the environments never import their users.
+    for entry_point in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry_point.load()(sub)
     return parser
 
 

@@ -35,7 +35,7 @@ from gymnasium import spaces
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seal_env.data_files import unusable_character
-from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
+from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, TrainResult, adapted
 from seal_env.lm import TrainingExample
 from seal_env.models import load_model
 
@@ -96,16 +96,6 @@ class Evaluation:
     score: float
     metrics: dict[str, float]
     items: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class TrainingPlan:
-    """What a self-edit asks for: training examples and inner-loop settings, plus notes for ``info``
-    (e.g. settings that were clamped)."""
-
-    examples: list[TrainingExample]
-    config: InnerLoopConfig
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def non_finite_values(evaluation: Evaluation) -> list[str]:

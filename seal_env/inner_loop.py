@@ -20,13 +20,13 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_env.lm import TrainingExample, pad_batch, token_log_probs, tokenize_example
+from seal_env.lm import TokenizedExample, TrainingExample, pad_batch, token_log_probs, tokenize_example
 
 
 @dataclass
@@ -110,8 +110,6 @@ class TrainResult:
     n_truncated: int = 0
     n_train_tokens: int = 0
     """Tokens in the training sequences (one epoch)."""
-    n_loss_tokens: int = 0
-    """Tokens that carry loss (one epoch)."""
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     """Loss of every optimiser step, in order."""
@@ -136,6 +134,84 @@ class TrainResult:
             "seconds": self.seconds,
             "error": self.error,
         }
+
+
+@dataclass
+class TrainingPlan:
+    """One LoRA update as asked for: training examples and inner-loop settings, plus notes for the
+    step's ``info`` (e.g. settings that were clamped). What an environment makes of a self-edit."""
+
+    examples: list[TrainingExample]
+    config: InnerLoopConfig
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedUpdate:
+    """One update ready to train: the tokenised examples that carry loss, the schedule of optimiser
+    steps, and the :class:`TrainResult` that training fills in.
+
+    The sequential loop (:func:`train_lora`) and the batched one (:mod:`seal_env.multi_lora`) both
+    train from it, so they see the same examples in the same order by construction.
+    """
+
+    config: InnerLoopConfig
+    examples: list[TokenizedExample]
+    batches: list[tuple[int, list[int]]]
+    """``(epoch, example indices)`` of every optimiser step, in order (a seeded shuffle per epoch)."""
+    result: TrainResult
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.examples) / self.config.batch_size)
+
+    def record_step(self, loss: float) -> None:
+        """Count a finished optimiser step of loss ``loss`` (and its epoch's mean when it ends one)."""
+        result = self.result
+        result.losses.append(loss)
+        result.steps += 1
+        if result.steps % self.steps_per_epoch == 0:
+            result.epoch_losses.append(sum(result.losses[-self.steps_per_epoch :]) / self.steps_per_epoch)
+
+    def fail_step(self, loss: float, epoch: int) -> None:
+        self.result.error = f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {self.result.steps + 1}"
+
+
+def prepare_update(tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan) -> PreparedUpdate:
+    """Tokenise ``plan``'s examples, drop those without a target token, and schedule the steps."""
+    config = plan.config
+    tokenized = [
+        tokenize_example(tokenizer, e, max_tokens=config.max_tokens_per_example, loss_on=config.loss_on)
+        for e in plan.examples
+    ]
+    tokenized = [t for t in tokenized if sum(t.loss_mask[1:]) > 0]  # nothing to learn from the rest
+    result = TrainResult(
+        n_examples=len(tokenized),
+        n_truncated=sum(t.truncated for t in tokenized),
+        n_train_tokens=sum(len(t.input_ids) for t in tokenized),
+    )
+    if not tokenized:
+        result.error = "no training examples with at least one target token"
+    shuffle = torch.Generator().manual_seed(config.seed)
+    batches = []
+    for epoch in range(config.epochs if tokenized else 0):
+        order = torch.randperm(len(tokenized), generator=shuffle).tolist()
+        batches += [(epoch, order[first : first + config.batch_size]) for first in range(0, len(order), config.batch_size)]
+    return PreparedUpdate(config, tokenized, batches, result)
+
+
+@contextmanager
+def training_state_restored(model: torch.nn.Module) -> Iterator[None]:
+    """On exit, put back every parameter's ``requires_grad`` and the model's train/eval mode (PEFT and
+    the batched loop change both)."""
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad[name])
+        model.train(was_training)
 
 
 @dataclass
@@ -186,57 +262,34 @@ def clip_grad_norms_(groups: Sequence[Sequence[torch.Tensor]], max_norms: Sequen
         torch._foreach_mul_(group, torch.clamp(max_norm / (total + 1e-6), max=1.0))
 
 
-def train_lora(
-    model: PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[TrainingExample],
-    config: InnerLoopConfig,
-) -> TrainResult:
-    """Train the model's active LoRA adapter in place; stops at the first non-finite loss."""
+def train_lora(model: PeftModel, tokenizer: PreTrainedTokenizerBase, update: PreparedUpdate) -> TrainResult:
+    """Train the model's active LoRA adapter in place on a prepared update; stops at the first
+    non-finite loss (``result.error``)."""
     start = time.perf_counter()
-    tokenized = [
-        tokenize_example(tokenizer, e, max_tokens=config.max_tokens_per_example, loss_on=config.loss_on)
-        for e in examples
-    ]
-    tokenized = [t for t in tokenized if sum(t.loss_mask[1:]) > 0]  # nothing to learn from the rest
-    result = TrainResult(
-        n_examples=len(tokenized),
-        n_truncated=sum(t.truncated for t in tokenized),
-        n_train_tokens=sum(len(t.input_ids) for t in tokenized),
-        n_loss_tokens=sum(sum(t.loss_mask[1:]) for t in tokenized),
-    )
-    if not tokenized:
-        result.error = "no training examples with at least one target token"
+    result = update.result
+    if result.error:
         return result
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw([{"params": params, "lr": config.learning_rate, "weight_decay": config.weight_decay}])
-    shuffle = torch.Generator().manual_seed(config.seed)
+    optimizer = adamw([{"params": params, "lr": update.config.learning_rate, "weight_decay": update.config.weight_decay}])
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    steps_per_epoch = math.ceil(len(tokenized) / config.batch_size)
     model.train()
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(tokenized), generator=shuffle).tolist()
-        for first in range(0, len(order), config.batch_size):
-            batch = [tokenized[i] for i in order[first : first + config.batch_size]]
-            log_probs, _ = token_log_probs(model, *pad_batch(batch, pad_id, device))
-            loss = -log_probs.mean()
-            if not torch.isfinite(loss):
-                result.error = f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {result.steps + 1}"
-                optimizer.zero_grad(set_to_none=True)
-                model.eval()
-                result.seconds = time.perf_counter() - start
-                return result
-            loss.backward()
-            clip_grad_norms_([params], [config.max_grad_norm])
-            optimizer.step()
+    for epoch, indices in update.batches:
+        batch = [update.examples[i] for i in indices]
+        log_probs, _ = token_log_probs(model, *pad_batch(batch, pad_id, device))
+        loss = -log_probs.mean()
+        if not torch.isfinite(loss):
+            update.fail_step(loss.item(), epoch)
             optimizer.zero_grad(set_to_none=True)
-            result.losses.append(loss.item())
-            result.steps += 1
-        result.epoch_losses.append(sum(result.losses[-steps_per_epoch:]) / steps_per_epoch)
+            break
+        loss.backward()
+        clip_grad_norms_([params], [update.config.max_grad_norm])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update.record_step(loss.item())
     model.eval()
-    if not all(bool(torch.isfinite(p).all()) for p in params):  # the last step can diverge after a finite loss
-        result.error = DIVERGED.format(steps=result.steps)
+    if result.error is None and not all(bool(torch.isfinite(p).all()) for p in params):
+        result.error = DIVERGED.format(steps=result.steps)  # the last step can diverge after a finite loss
     result.seconds = time.perf_counter() - start
     return result
 
@@ -269,18 +322,13 @@ def adapted(
     config = config or InnerLoopConfig()
     if isinstance(model, PeftModel):
         raise TypeError("adapted() needs a plain model; merge or unload the PEFT adapter first")
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
-    with seeded_rng(config.seed, next(model.parameters()).device):
+    update = prepare_update(tokenizer, TrainingPlan(list(examples), config))
+    with training_state_restored(model), seeded_rng(config.seed, next(model.parameters()).device):
         with warnings.catch_warnings():
             # PEFT calls a Transformers method deprecated in v5; the warning would repeat on every step.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = get_peft_model(model, config.lora_config())
         try:
-            result = train_lora(peft_model, tokenizer, examples, config)
-            yield Adaptation(peft_model, result)
+            yield Adaptation(peft_model, train_lora(peft_model, tokenizer, update))
         finally:
             peft_model.unload()
-            for name, p in model.named_parameters():
-                p.requires_grad_(requires_grad[name])
-            model.train(was_training)

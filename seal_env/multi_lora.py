@@ -39,9 +39,9 @@ the routing above, written here in plain PyTorch.
 
 Usage::
 
-    jobs = [(examples_0, InnerLoopConfig()), (examples_1, InnerLoopConfig())]
-    with adapted_many(model, tokenizer, jobs) as run:
-        print([r.final_loss for r in run.results], run.stats.padding_fraction)
+    plans = [TrainingPlan(examples_0, InnerLoopConfig()), TrainingPlan(examples_1, InnerLoopConfig())]
+    with adapted_many(model, tokenizer, plans) as run:
+        print([r.final_loss for r in run.results], run.stats.passes)
         with run.route([0, 0, 1]), torch.no_grad():  # rows 0, 1 -> adapter 0; row 2 -> adapter 1
             logits = run.model(input_ids=ids).logits
 """
@@ -62,12 +62,20 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_env.inner_loop import DIVERGED, InnerLoopConfig, TrainResult, adamw, adapted, clip_grad_norms_, seeded_rng
-from seal_env.lm import TokenizedExample, TrainingExample, pack_batch, token_log_probs, tokenize_example
-
-Job = tuple[Sequence[TrainingExample], InnerLoopConfig]
-"""One adapter's work: its training examples and its inner-loop settings."""
-
+from seal_env.inner_loop import (
+    DIVERGED,
+    InnerLoopConfig,
+    PreparedUpdate,
+    TrainingPlan,
+    TrainResult,
+    adamw,
+    adapted,
+    clip_grad_norms_,
+    prepare_update,
+    seeded_rng,
+    training_state_restored,
+)
+from seal_env.lm import pack_batch, token_log_probs
 
 def lora_structure(config: InnerLoopConfig) -> tuple:
     """What adapters trained together must share: rank, target modules and dropout.
@@ -346,57 +354,11 @@ class PackingStats:
     passes: int = 0
     """Forward/backward passes (micro-batches)."""
     tokens: int = 0
-    """Tokens of the training rows, all epochs."""
-    padded_tokens: int = 0
-    """Tokens the passes computed, padding included."""
-    loss_tokens: int = 0
-    """Tokens that carried loss, all epochs."""
+    """Tokens of the training rows, all epochs (packed end to end: no padding is computed)."""
     seconds: float = 0.0
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of computed tokens that were padding."""
-        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
 # ------------------------------------------------------------------------------------- training
-
-
-@dataclass
-class _Adapter:
-    """Training state of one adapter."""
-
-    config: InnerLoopConfig
-    examples: list[TokenizedExample]
-    batches: list[tuple[int, list[int]]]  # (epoch, example indices) per optimiser step, in order
-    result: TrainResult = field(default_factory=TrainResult)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.examples) / self.config.batch_size)
-
-
-def _prepare(tokenizer: PreTrainedTokenizerBase, examples: Sequence[TrainingExample], config: InnerLoopConfig) -> _Adapter:
-    """Tokenise, filter and order one adapter's examples exactly as ``train_lora`` does."""
-    tokenized = [
-        tokenize_example(tokenizer, e, max_tokens=config.max_tokens_per_example, loss_on=config.loss_on)
-        for e in examples
-    ]
-    tokenized = [t for t in tokenized if sum(t.loss_mask[1:]) > 0]
-    result = TrainResult(
-        n_examples=len(tokenized),
-        n_truncated=sum(t.truncated for t in tokenized),
-        n_train_tokens=sum(len(t.input_ids) for t in tokenized),
-        n_loss_tokens=sum(sum(t.loss_mask[1:]) for t in tokenized),
-    )
-    if not tokenized:
-        result.error = "no training examples with at least one target token"
-    shuffle = torch.Generator().manual_seed(config.seed)
-    batches = []
-    for epoch in range(config.epochs if tokenized else 0):
-        order = torch.randperm(len(tokenized), generator=shuffle).tolist()
-        batches += [(epoch, order[first : first + config.batch_size]) for first in range(0, len(order), config.batch_size)]
-    return _Adapter(config, tokenized, batches, result=result)
 
 
 class MultiAdaptation:
@@ -455,7 +417,7 @@ class MultiAdaptation:
 
     def _train(
         self,
-        adapters: list[_Adapter],
+        adapters: list[PreparedUpdate],
         *,
         max_batch_tokens: int,
         packed: bool,
@@ -493,7 +455,6 @@ class MultiAdaptation:
             targets = torch.zeros(len(adapters), dtype=torch.float64)
             for i, j in rows:
                 targets[i] += sum(adapters[i].examples[j].loss_mask[1:])
-            stats.loss_tokens += int(targets.sum())
             loss_sums = torch.zeros(len(adapters), dtype=torch.float64)
             lengths = [len(adapters[i].examples[j].input_ids) for i, j in rows]
             weights = (1.0 / targets.clamp(min=1)).to(device)
@@ -520,20 +481,16 @@ class MultiAdaptation:
                 loss_sums += nll.detach().double().cpu()
                 stats.passes += 1
                 stats.tokens += sum(sizes)
-                stats.padded_tokens += ids.numel()
             for i in active:
                 a = adapters[i]
                 epoch = a.batches[step][0]
                 loss_i = loss_sums[i].item() / targets[i].item()
                 if not math.isfinite(loss_i):
                     live[i] = False  # not updated below: its views get no gradient
-                    a.result.error = f"non-finite training loss ({loss_i}) at epoch {epoch + 1}, step {a.result.steps + 1}"
+                    a.fail_step(loss_i, epoch)
                     a.result.seconds = time.perf_counter() - start
                     continue
-                a.result.losses.append(loss_i)
-                a.result.steps += 1
-                if a.result.steps % a.steps_per_epoch == 0:
-                    a.result.epoch_losses.append(sum(a.result.losses[-a.steps_per_epoch :]) / a.steps_per_epoch)
+                a.record_step(loss_i)
                 if a.result.steps == len(a.batches):
                     a.result.seconds = time.perf_counter() - start
             for param, columns in zip(layer_params, grad_columns):
@@ -561,18 +518,19 @@ class MultiAdaptation:
 def adapted_many(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    jobs: Sequence[Job],
+    plans: Sequence[TrainingPlan],
     *,
     max_batch_tokens: int | None = None,
     progress: bool = False,
 ) -> Iterator[MultiAdaptation]:
-    """Attach one fresh LoRA adapter per job, train them together and yield the adapted model.
+    """Attach one fresh LoRA adapter per plan, train them together and yield the adapted model.
 
-    Adapter i is trained on ``jobs[i] = (examples, config)`` as ``adapted(model, tokenizer, examples,
-    config)`` would train it alone (same initialisation, order, loss, clipping and optimiser), up to
-    floating-point rounding. All configs must share :func:`lora_structure` (rank, target modules,
-    dropout); group jobs by it otherwise. ``run.results[i].error`` is set for an adapter that had
-    no usable examples or hit a non-finite loss (it stopped there; the others went on).
+    Adapter i is trained on ``plans[i]`` as ``adapted(model, tokenizer, plan.examples, plan.config)``
+    would train it alone (the same :class:`~seal_env.inner_loop.PreparedUpdate`, initialisation,
+    loss, clipping and optimiser), up to floating-point rounding. All configs must share
+    :func:`lora_structure` (rank, target modules, dropout); group plans by it otherwise.
+    ``run.results[i].error`` is set for an adapter that had no usable examples, hit a non-finite loss
+    (it stopped there; the others went on) or diverged.
 
     Inside the block, evaluate with ``run.route(owners)`` set. On exit (also after an exception)
     the adapters are removed and ``requires_grad`` flags and train/eval mode restored; base weights
@@ -583,9 +541,10 @@ def adapted_many(
             :func:`default_max_batch_tokens` of the model's device); a longer sequence gets a pass alone.
         progress: show a progress bar over optimiser steps.
     """
-    if not jobs:
-        raise ValueError("adapted_many needs at least one job")
-    structures = {lora_structure(config) for _, config in jobs}
+    if not plans:
+        raise ValueError("adapted_many needs at least one training plan")
+    configs = [plan.config for plan in plans]
+    structures = {lora_structure(config) for config in configs}
     if len(structures) > 1:
         raise ValueError(
             f"adapters trained together must share rank, target modules and dropout; got {sorted(structures, key=str)}"
@@ -593,7 +552,7 @@ def adapted_many(
     device = next(model.parameters()).device
     if max_batch_tokens is None:
         max_batch_tokens = default_max_batch_tokens(device)
-    initial = [_initial_weights(model, tokenizer, config) for _, config in jobs]
+    initial = [_initial_weights(model, tokenizer, config) for config in configs]
     packed = _keeps_packed_sequences_apart(model)
     if not packed:
         warnings.warn(
@@ -601,12 +560,10 @@ def adapted_many(
             "restarting at 0, no attention mask); multi_lora trains one sequence per pass instead (slower)",
             stacklevel=3,
         )
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    was_training = model.training
     routing = _Routing()
     layers: dict[str, MultiLoRALinear] = {}
-    # Dropout draws from a fork of the caller's RNG seeded like adapted() seeds it (first job's seed).
-    with seeded_rng(jobs[0][1].seed, device):
+    # Dropout draws from a fork of the caller's RNG seeded like adapted() seeds it (first plan's seed).
+    with training_state_restored(model), seeded_rng(configs[0].seed, device):
         for p in model.parameters():
             p.requires_grad_(False)
         try:
@@ -615,16 +572,13 @@ def adapted_many(
                 parent_name, _, child = name.rpartition(".")
                 parent = model.get_submodule(parent_name)
                 scalings = [w[name][2] for w in initial]
-                layers[name] = MultiLoRALinear(getattr(parent, child), lora_A, lora_B, scalings, jobs[0][1].dropout, routing)
+                layers[name] = MultiLoRALinear(getattr(parent, child), lora_A, lora_B, scalings, configs[0].dropout, routing)
                 setattr(parent, child, layers[name])
             run = MultiAdaptation(model, layers, routing, weights)
-            adapters = [_prepare(tokenizer, examples, config) for examples, config in jobs]
-            run._train(adapters, max_batch_tokens=max_batch_tokens, packed=packed, progress=progress)
+            run._train([prepare_update(tokenizer, plan) for plan in plans], max_batch_tokens=max_batch_tokens,
+                       packed=packed, progress=progress)
             yield run
         finally:
             for name, layer in layers.items():
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name), child, layer.base)
-            for name, p in model.named_parameters():
-                p.requires_grad_(requires_grad[name])
-            model.train(was_training)

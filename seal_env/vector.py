@@ -162,9 +162,9 @@ class SelfAdaptVectorEnv(SyncVectorEnv):
                 groups.setdefault(lora_structure(plan.config), []).append(i)
         first = self.envs[0]
         for group in groups.values():
-            jobs = [(begun[i][1].examples, begun[i][1].config) for i in group]
             with adapted_many(
-                first.model, first.tokenizer, jobs, max_batch_tokens=self.max_batch_tokens, progress=self.progress
+                first.model, first.tokenizer, [begun[i][1] for i in group], max_batch_tokens=self.max_batch_tokens,
+                progress=self.progress,
             ) as run:
                 trained = [
                     (adapter, i)

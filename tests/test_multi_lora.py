@@ -20,7 +20,7 @@ import torch
 from conftest import weights_digest
 from peft.tuners.lora import LoraLayer
 
-from seal_env.inner_loop import InnerLoopConfig, adapted
+from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, adapted
 from seal_env.lm import TrainingExample
 from seal_env import multi_lora
 from seal_env.multi_lora import MultiLoRALinear, adapted_many, pack_passes
@@ -54,6 +54,11 @@ def examples(*indices: int) -> list[TrainingExample]:
 
 
 # Different example counts, lengths, epochs, batch sizes, learning rates, alphas and seeds.
+def plans(jobs):
+    """``(examples, config)`` pairs as the training plans adapted_many takes."""
+    return [TrainingPlan(list(e), c) for e, c in jobs]
+
+
 JOBS = [
     (examples(0, 1, 2), InnerLoopConfig(rank=4, epochs=2, learning_rate=1e-2, seed=0)),
     (examples(3, 4), InnerLoopConfig(rank=4, epochs=3, learning_rate=3e-2, alpha=16.0, seed=1)),
@@ -79,7 +84,7 @@ def test_adapters_trained_together_match_separate_trainings(tiny_lm, dtype):
             scores = answer_log_likelihoods(run.model, tokenizer, PROMPTS, ANSWERS)
             separate.append((peft_weights(run.model), run.result, scores))
 
-    with adapted_many(model, tokenizer, JOBS) as run:
+    with adapted_many(model, tokenizer, plans(JOBS)) as run:
         assert run.stats.steps == max(len(r.losses) for _, r, _ in separate)
         for adapter, (weights, result, scores) in enumerate(separate):
             atol = 1e-9 if dtype == torch.float64 else 0.02 * JOBS[adapter][1].learning_rate
@@ -102,7 +107,7 @@ def test_adapter_does_not_depend_on_the_other_adapters_rows(tiny_lm):
     config = InnerLoopConfig(rank=4, epochs=2, learning_rate=1e-2)
     finals = []
     for other in (examples(1), examples(2, 3, 4)):
-        with adapted_many(model, tokenizer, [(examples(0, 1), config), (other, config)]) as run:
+        with adapted_many(model, tokenizer, plans([(examples(0, 1), config), (other, config)])) as run:
             finals.append(run.lora_weights(0))
     for name, (a, b) in finals[0].items():
         torch.testing.assert_close(finals[1][name][0], a, atol=1e-9, rtol=0)
@@ -112,7 +117,7 @@ def test_adapter_does_not_depend_on_the_other_adapters_rows(tiny_lm):
 def test_rows_are_routed_through_their_own_adapter(tiny_lm):
     model, tokenizer = tiny_lm
     ids = tokenizer(["the bridge", "the river", "the towers"], return_tensors="pt")["input_ids"]
-    with adapted_many(model, tokenizer, JOBS) as run, torch.no_grad():
+    with adapted_many(model, tokenizer, plans(JOBS)) as run, torch.no_grad():
 
         def logits(owners, rows):
             with run.route(owners):
@@ -139,7 +144,7 @@ def test_base_model_is_restored_bit_identical(tiny_lm):
     model, tokenizer = tiny_lm
     before = weights_digest(model)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    with adapted_many(model, tokenizer, JOBS) as run:
+    with adapted_many(model, tokenizer, plans(JOBS)) as run:
         assert any(isinstance(m, MultiLoRALinear) for m in run.model.modules())
     assert weights_digest(model) == before
     assert not any(isinstance(m, MultiLoRALinear) for m in model.modules())
@@ -158,7 +163,7 @@ def test_a_failing_adapter_stops_alone_with_the_sequential_error(tiny_lm):
         ([TrainingExample("")], InnerLoopConfig(rank=4)),  # only an end-of-text token: nothing to learn
         (examples(2), InnerLoopConfig(rank=4, epochs=2)),
     ]
-    with adapted_many(model, tokenizer, jobs) as run:
+    with adapted_many(model, tokenizer, plans(jobs)) as run:
         assert run.results[0].error == expected
         assert run.results[1].error == "no training examples with at least one target token"
         assert run.results[2].error is None and run.results[2].steps == 2
@@ -168,10 +173,10 @@ def test_a_failing_adapter_stops_alone_with_the_sequential_error(tiny_lm):
 def test_adapters_with_different_lora_structures_are_refused(tiny_lm):
     model, tokenizer = tiny_lm
     with pytest.raises(ValueError, match="must share rank"):
-        with adapted_many(model, tokenizer, [(examples(0), InnerLoopConfig(rank=4)), (examples(1), InnerLoopConfig(rank=8))]):
+        with adapted_many(model, tokenizer, plans([(examples(0), InnerLoopConfig(rank=4)), (examples(1), InnerLoopConfig(rank=8))])):
             pass
-    with pytest.raises(ValueError, match="at least one job"):
-        with adapted_many(model, tokenizer, []):
+    with pytest.raises(ValueError, match="at least one training plan"):
+        with adapted_many(model, tokenizer, plans([])):
             pass
 
 
@@ -209,11 +214,11 @@ def test_routed_lora_gradients_match_autograd_by_finite_differences():
 def test_models_that_cannot_pack_train_one_sequence_per_pass(tiny_lm, monkeypatch):
     model, tokenizer = tiny_lm
     model.double()
-    with adapted_many(model, tokenizer, JOBS) as run:
+    with adapted_many(model, tokenizer, plans(JOBS)) as run:
         packed = [run.lora_weights(adapter) for adapter in range(len(JOBS))]
         assert run.stats.passes == run.stats.steps  # this model packs: one pass per step
     monkeypatch.setattr(multi_lora, "_keeps_packed_sequences_apart", lambda model: False)
-    with pytest.warns(UserWarning, match="one sequence per pass"), adapted_many(model, tokenizer, JOBS) as run:
+    with pytest.warns(UserWarning, match="one sequence per pass"), adapted_many(model, tokenizer, plans(JOBS)) as run:
         assert run.stats.passes == sum(len(e) * c.epochs for e, c in JOBS)
         for adapter, weights in enumerate(packed):
             for name, (a, b) in weights.items():
@@ -243,7 +248,7 @@ def test_default_model_adapters_trained_together_match_separate_trainings(defaul
     for job_examples, config in jobs:
         with adapted(model, tokenizer, job_examples, config) as run:
             separate.append((run.result.losses, answer_log_likelihoods(run.model, tokenizer, PROMPTS, ANSWERS)))
-    with adapted_many(model, tokenizer, jobs) as run:
+    with adapted_many(model, tokenizer, plans(jobs)) as run:
         for adapter, (losses, scores) in enumerate(separate):
             assert run.results[adapter].losses == pytest.approx(losses, abs=SCORE_ATOL)
             with run.route(adapter):
