@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from agents.base import StepRequest
+from seal_env.vector import SelfAdaptVectorEnv
 
 
 class Stepper(Protocol):
@@ -47,12 +48,12 @@ class SequentialStepper:
 
 class VectorStepper:
     """Step ``vector_env.num_envs`` self-edits together; a shorter chunk goes one by one through the
-    first sub-environment (which shares the inner model and baselines with the others)."""
+    environment that the vector env's slots step (the same model and baselines)."""
 
-    def __init__(self, vector_env: Any):
+    def __init__(self, vector_env: SelfAdaptVectorEnv):
         self.vector_env = vector_env
         self.batch_size = vector_env.num_envs
-        self.single = SequentialStepper(vector_env.envs[0])
+        self.single = SequentialStepper(vector_env.env)
 
     def __call__(self, requests: Sequence[StepRequest]) -> Iterator[tuple[float, dict[str, Any]]]:
         if len(requests) != self.batch_size:
@@ -81,15 +82,10 @@ def make_env(env_id: str, num_envs: int = 1, **env_kwargs: Any) -> tuple[gym.Env
     """``(env, stepper)`` for a registered environment: with ``num_envs > 1`` and a batched vector
     environment registered for ``env_id`` (``gym.make_vec``), ``env`` is its first sub-environment
     and the stepper steps ``num_envs`` self-edits at once; otherwise ``gym.make`` and one by one."""
-    if num_envs > 1:
-        try:
-            from seal_env.vector import SelfAdaptVectorEnv
-        except ImportError:  # an installation without the vector environment: step one by one
-            SelfAdaptVectorEnv = None
-        if SelfAdaptVectorEnv is not None and gym.spec(env_id).vector_entry_point is not None:
-            vector_env = gym.make_vec(env_id, num_envs=num_envs, **env_kwargs).unwrapped
-            if isinstance(vector_env, SelfAdaptVectorEnv) and vector_env.batched:
-                return vector_env.envs[0], VectorStepper(vector_env)
-            vector_env.close()
+    if num_envs > 1 and gym.spec(env_id).vector_entry_point is not None:
+        vector_env = gym.make_vec(env_id, num_envs=num_envs, **env_kwargs).unwrapped
+        if isinstance(vector_env, SelfAdaptVectorEnv) and vector_env.batched:
+            return vector_env.env, VectorStepper(vector_env)
+        vector_env.close()
     env = gym.make(env_id, **env_kwargs)
     return env, SequentialStepper(env)

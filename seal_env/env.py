@@ -25,7 +25,7 @@ import operator
 import string
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import gymnasium as gym
@@ -38,6 +38,7 @@ from seal_env.data_files import unusable_character
 from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, TrainResult, adapted
 from seal_env.lm import TrainingExample
 from seal_env.models import load_model
+from seal_env.multi_lora import adapted_many, lora_structure
 
 ContextT = TypeVar("ContextT")
 
@@ -131,6 +132,26 @@ def context_index(value: Any, n_contexts: int) -> int:
     return index
 
 
+@dataclass(frozen=True)
+class PreparedStep:
+    """A step up to its update: the context, its baseline, and the self-edit's training plan; ``plan``
+    is None when the self-edit (or the baseline) is unusable, and ``error`` says why."""
+
+    context_index: int
+    baseline: Evaluation | None
+    plan: TrainingPlan | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step returns besides the observation: its reward and its ``info``."""
+
+    context_index: int
+    reward: float
+    info: dict[str, Any]
+
+
 class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
     """Base class of self-adaptation environments (one context per episode, one step per episode).
 
@@ -221,21 +242,21 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
         if "index" in options:
             index = context_index(options["index"], len(self.contexts))
         else:
-            index = int(self.np_random.integers(len(self.contexts)))
+            index = self.draw_context(self.np_random)
         self._index = index
         self._last_info = None
-        return self._observation(), {"context_index": index}
+        return self.observation(index), {"context_index": index}
 
     def step(self, action: str) -> tuple[dict, float, bool, bool, dict[str, Any]]:
         """Adapt on the self-edit ``action``, evaluate, and reward improvement over the baseline.
 
         Never raises for a bad self-edit: it yields reward 0.0 with the reason in ``info["error"]``.
         """
-        info, plan = self.begin_step(action)
-        evaluation = None
-        if plan is not None:
-            evaluation = self._adapt_and_evaluate(plan, self.contexts[self._index], info)
-        return self.end_step(info, evaluation)
+        if self._index is None:
+            raise RuntimeError("call reset() before step()")
+        (result,) = self.run_steps([self.prepare_step(action, self._index)])
+        self._last_info = result.info
+        return self.observation(self._index), result.reward, True, False, result.info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -253,75 +274,135 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
             f"train {float(i['train_seconds']):.1f}s, eval {float(i['eval_seconds']):.1f}s"
         )
 
-    # ------------------------------------------------------------------ step() in parts
-    # step() is begin_step -> LoRA update -> record_training -> evaluate -> end_step. Batched steppers
-    # (seal_env.vector.SelfAdaptVectorEnv) call the parts to train and evaluate the self-edits of
-    # several environments together, so both paths share one definition of info and reward.
+    # ------------------------------------------------------------------ the step, in two parts
+    # step() is prepare_step -> run_steps. The batched vector env (seal_env.vector) calls the same two
+    # methods with the self-edits of several slots, so both paths share one definition of info and reward.
 
-    def begin_step(self, action: Any) -> tuple[dict[str, Any], TrainingPlan | None]:
-        """The first part of :meth:`step`: the step's ``info`` (baseline filled in) and the training
-        plan of ``action``, or ``None`` when the self-edit is unusable (``info["error"]`` says why)."""
-        if self._index is None:
-            raise RuntimeError("call reset() before step()")
-        context = self.contexts[self._index]
+    def observation(self, index: int) -> dict[str, str]:
+        """The observation of context ``index``."""
+        context = self.contexts[index]
+        return {"prompt": self.render_prompt(context), "context": self.render_context(context)}
+
+    def draw_context(self, rng: np.random.Generator) -> int:
+        """A context index drawn with ``rng`` (what ``reset()`` does without ``options["index"]``)."""
+        return int(rng.integers(len(self.contexts)))
+
+    @property
+    def batched_steps_available(self) -> bool:
+        """Whether :meth:`run_steps` may train several steps together: a task that redefines ``step()``
+        may do more than these parts, and is stepped as it is."""
+        return type(self).step is SelfAdaptEnv.step
+
+    def prepare_step(self, action: Any, index: int) -> PreparedStep:
+        """Validate and plan the self-edit ``action`` on context ``index``, with that context's baseline.
+        An unusable self-edit (or baseline) gives a step with no plan and the reason in ``error``."""
         try:
-            baseline, baseline_error = self.baseline(self._index), None
+            baseline = self.baseline(index)
         except BaselineError as exc:
-            baseline, baseline_error = None, str(exc)
-        info: dict[str, Any] = {
-            "context_index": self._index,
-            "error": baseline_error,
-            # None marks a value that was not measured (NaN would make equal infos compare unequal).
-            "score": None,
-            "baseline_score": baseline.score if baseline else None,
-            "gain": None,
-            "metrics": {},
-            "baseline_metrics": dict(baseline.metrics) if baseline else {},
-            "train_loss": None,
-            "n_train_examples": 0,
-            "n_train_tokens": 0,
-            "train_seconds": Seconds(0.0),
-            "eval_seconds": Seconds(0.0),
-            "items": [],
-            "notes": {},
-        }
-        if baseline_error is not None:
-            return info, None
-        return info, self._plan(action, context, info)
+            return PreparedStep(index, None, None, str(exc))
+        error = check_self_edit_text(action, self.max_self_edit_chars)
+        plan = None
+        if error is None:
+            try:
+                plan = self.plan_training(action, self.contexts[index])
+            except SelfEditError as exc:
+                error = str(exc)
+        if error is None and not plan.examples:
+            error, plan = "self-edit yields no training examples", None
+        if plan is not None and len(plan.examples) > self.max_train_examples:
+            dropped = len(plan.examples) - self.max_train_examples
+            plan = replace(plan, examples=plan.examples[: self.max_train_examples],
+                           notes={**plan.notes, "examples_dropped": dropped})
+        return PreparedStep(index, baseline, plan, error)
 
-    def record_training(self, result: TrainResult, info: dict[str, Any]) -> bool:
-        """Copy a LoRA update's report into ``info``; False when the update failed (``info["error"]``)."""
-        info.update(
-            train_loss=result.final_loss if result.epoch_losses else None,
-            n_train_examples=result.n_examples,
-            n_train_tokens=result.n_train_tokens,
-            train_seconds=Seconds(result.seconds),
-        )
-        if result.n_truncated:
-            info["notes"]["examples_truncated"] = result.n_truncated
-        if result.error:
-            info["error"] = result.error
-            return False
-        return True
+    def run_steps(
+        self, steps: Sequence[PreparedStep], *, batched: bool = False, max_batch_tokens: int | None = None,
+        progress: bool = False,
+    ) -> list[StepResult]:
+        """Train and evaluate the prepared steps and reward them: one :class:`StepResult` per step.
 
-    def end_step(self, info: dict[str, Any], evaluation: Evaluation | None) -> tuple[dict, float, bool, bool, dict[str, Any]]:
-        """The last part of :meth:`step`: reward ``evaluation`` (None: no evaluation, reward 0.0)
-        against the baseline in ``info`` and return the step's result."""
-        reward = 0.0
-        broken = non_finite_values(evaluation) if evaluation is not None else []
+        One after another through :func:`~seal_env.inner_loop.adapted`, or, with ``batched``, their
+        updates trained in shared passes (:func:`~seal_env.multi_lora.adapted_many`, one group per
+        LoRA structure) and the adapted models evaluated together (:meth:`evaluate_batch`).
+        """
+        outcomes: dict[int, tuple[TrainResult, Evaluation | None, float]] = {}
+        ready = [k for k, step in enumerate(steps) if step.plan is not None]
+        if not batched:
+            for k in ready:
+                plan = steps[k].plan
+                with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
+                    outcomes[k] = self._evaluated(run.result, run.model, steps[k].context_index)
+        else:
+            groups: dict[tuple, list[int]] = {}
+            for k in ready:
+                groups.setdefault(lora_structure(steps[k].plan.config), []).append(k)
+            for group in groups.values():
+                with adapted_many(self.model, self.tokenizer, [steps[k].plan for k in group],
+                                  max_batch_tokens=max_batch_tokens, progress=progress) as run:
+                    trained = [(adapter, k) for adapter, k in enumerate(group) if run.results[adapter].error is None]
+                    outcomes.update({k: (run.results[adapter], None, 0.0) for adapter, k in enumerate(group)})
+                    if trained:
+                        self._evaluate_together(run, trained, steps, outcomes)
+        return [self._result(step, *outcomes.get(k, (None, None, 0.0))) for k, step in enumerate(steps)]
+
+    def _evaluated(self, training: TrainResult, model: torch.nn.Module, index: int) -> tuple:
+        if training.error:
+            return training, None, 0.0
+        start = time.perf_counter()
+        with torch.no_grad():
+            evaluation = self.evaluate(model, self.contexts[index])
+        return training, evaluation, time.perf_counter() - start
+
+    def _evaluate_together(self, run: Any, trained: list[tuple[int, int]], steps: Sequence[PreparedStep], outcomes: dict) -> None:
+        adapter_of = [adapter for adapter, _ in trained]
+
+        def route(owners: int | Sequence[int]) -> AbstractContextManager:
+            return run.route(adapter_of[owners] if isinstance(owners, int) else [adapter_of[o] for o in owners])
+
+        start = time.perf_counter()
+        with torch.no_grad():
+            evaluations = self.evaluate_batch(run.model, [self.contexts[steps[k].context_index] for _, k in trained], route)
+        seconds = time.perf_counter() - start
+        for (adapter, k), evaluation in zip(trained, evaluations):
+            outcomes[k] = (run.results[adapter], evaluation, seconds)
+
+    def _result(
+        self, step: PreparedStep, training: TrainResult | None, evaluation: Evaluation | None, eval_seconds: float
+    ) -> StepResult:
+        """The one place a step's reward and ``info`` are made."""
+        error = step.error or (training.error if training else None)
+        broken = non_finite_values(evaluation) if evaluation is not None and error is None else []
         if broken:
             # A diverged update (e.g. on its last optimiser step, after the last finite loss) leaves
             # an adapter whose outputs are NaN: that is no evaluation of the self-edit.
-            names = ", ".join(broken[:3])
-            info["error"] = f"the adapted model's evaluation is not finite ({names}): the LoRA update diverged"
+            error = f"the adapted model's evaluation is not finite ({', '.join(broken[:3])}): the LoRA update diverged"
+        if error is not None:
             evaluation = None
+        baseline = step.baseline
+        notes = dict(step.plan.notes) if step.plan is not None else {}
+        if training is not None and training.n_truncated:
+            notes["examples_truncated"] = training.n_truncated
+        reward = 0.0
         if evaluation is not None:
-            baseline_score = info["baseline_score"]
-            info.update(score=evaluation.score, gain=evaluation.score - baseline_score)
-            info.update(metrics=dict(evaluation.metrics), items=evaluation.items)
-            reward = 1.0 if evaluation.score > baseline_score + self.reward_margin else 0.0
-        self._last_info = info
-        return self._observation(), reward, True, False, info
+            reward = 1.0 if evaluation.score > baseline.score + self.reward_margin else 0.0
+        info: dict[str, Any] = {
+            "context_index": step.context_index,
+            "error": error,
+            # None marks a value that was not measured (NaN would make equal infos compare unequal).
+            "score": evaluation.score if evaluation else None,
+            "baseline_score": baseline.score if baseline else None,
+            "gain": evaluation.score - baseline.score if evaluation else None,
+            "metrics": dict(evaluation.metrics) if evaluation else {},
+            "baseline_metrics": dict(baseline.metrics) if baseline else {},
+            "train_loss": training.final_loss if training and training.epoch_losses else None,
+            "n_train_examples": training.n_examples if training else 0,
+            "n_train_tokens": training.n_train_tokens if training else 0,
+            "train_seconds": Seconds(training.seconds if training else 0.0),
+            "eval_seconds": Seconds(eval_seconds),
+            "items": evaluation.items if evaluation else [],
+            "notes": notes,
+        }
+        return StepResult(step.context_index, reward, info)
 
     def evaluate_batch(
         self,
@@ -380,35 +461,3 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
     def clear_baseline_cache(self) -> None:
         """Forget cached baselines (after changing the inner model, say)."""
         self._baselines.clear()
-
-    def _observation(self) -> dict[str, str]:
-        context = self.contexts[self._index]
-        return {"prompt": self.render_prompt(context), "context": self.render_context(context)}
-
-    def _plan(self, self_edit: Any, context: ContextT, info: dict[str, Any]) -> TrainingPlan | None:
-        error = check_self_edit_text(self_edit, self.max_self_edit_chars)
-        if error is None:
-            try:
-                plan = self.plan_training(self_edit, context)
-            except SelfEditError as exc:
-                error = str(exc)
-        if error is None and not plan.examples:
-            error = "self-edit yields no training examples"
-        if error is not None:
-            info["error"] = error
-            return None
-        if len(plan.examples) > self.max_train_examples:
-            plan.notes["examples_dropped"] = len(plan.examples) - self.max_train_examples
-            plan.examples = plan.examples[: self.max_train_examples]
-        info["notes"] = plan.notes
-        return plan
-
-    def _adapt_and_evaluate(self, plan: TrainingPlan, context: ContextT, info: dict[str, Any]) -> Evaluation | None:
-        with adapted(self.model, self.tokenizer, plan.examples, plan.config) as run:
-            if not self.record_training(run.result, info):
-                return None
-            start = time.perf_counter()
-            with torch.no_grad():
-                evaluation = self.evaluate(run.model, context)
-            info["eval_seconds"] = Seconds(time.perf_counter() - start)
-        return evaluation
