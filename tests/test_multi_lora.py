@@ -202,7 +202,7 @@ def test_routed_lora_gradients_match_autograd_by_finite_differences():
     runs, scalings = [(2, 0, 4), (0, 4, 5), (2, 5, 9)], [0.5, 3.0, 2.0]
 
     def routed(x, base, lora_A, lora_B):
-        return multi_lora._RoutedLoRA.apply(x, base.clone(), lora_A, lora_B, runs, scalings)
+        return multi_lora.RoutedLoRA.apply(x, base.clone(), lora_A, lora_B, runs, scalings)
 
     assert torch.autograd.gradcheck(routed, (x, base, lora_A, lora_B))
     expected = base.detach().clone()
@@ -217,7 +217,7 @@ def test_models_that_cannot_pack_train_one_sequence_per_pass(tiny_lm, monkeypatc
     with adapted_many(model, tokenizer, plans(JOBS)) as run:
         packed = [run.lora_weights(adapter) for adapter in range(len(JOBS))]
         assert run.stats.passes == run.stats.steps  # this model packs: one pass per step
-    monkeypatch.setattr(multi_lora, "_keeps_packed_sequences_apart", lambda model: False)
+    monkeypatch.setattr(multi_lora.adaptation, "keeps_packed_sequences_apart", lambda model: False)
     with pytest.warns(UserWarning, match="one sequence per pass"), adapted_many(model, tokenizer, plans(JOBS)) as run:
         assert run.stats.passes == sum(len(e) * c.epochs for e, c in JOBS)
         for adapter, weights in enumerate(packed):
@@ -228,7 +228,7 @@ def test_models_that_cannot_pack_train_one_sequence_per_pass(tiny_lm, monkeypatc
 
 def test_the_packing_check_sees_a_model_that_mixes_packed_sequences(tiny_lm):
     model, _ = tiny_lm
-    assert multi_lora._keeps_packed_sequences_apart(model)
+    assert multi_lora.keeps_packed_sequences_apart(model)
     leaky = type(model)(model.config)  # a fresh model object: not cached
     leaky.load_state_dict(model.state_dict())
     original = leaky.forward
@@ -237,7 +237,7 @@ def test_the_packing_check_sees_a_model_that_mixes_packed_sequences(tiny_lm):
         return original(*args, **kwargs)
 
     leaky.forward = forward
-    assert not multi_lora._keeps_packed_sequences_apart(leaky)
+    assert not multi_lora.keeps_packed_sequences_apart(leaky)
 
 
 @pytest.mark.slow

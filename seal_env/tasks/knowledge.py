@@ -21,7 +21,6 @@ import torch
 
 from seal_env.data_files import read_json_file, require_text
 from seal_env.env import Evaluation, SelfAdaptEnv, SelfEditError, TrainingPlan
-from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import TrainingExample, chat_prompt, generate
 from seal_env.scoring import answer_log_likelihoods, contains_answer, exact_match, token_f1
 
