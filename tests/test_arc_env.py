@@ -268,7 +268,7 @@ def test_voters_are_invertible_on_any_grid() -> None:
     rng = np.random.default_rng(0)
     for shape in [(1, 1), (2, 5), (7, 3), (30, 30)]:
         grid = rng.integers(0, 10, size=shape)
-        for tool in (arc._Identity(), *DIHEDRAL_TOOLS):
+        for tool in (arc.Identity(), *DIHEDRAL_TOOLS):
             assert tool.invertible and np.array_equal(tool.inverse(tool.apply(grid)), grid)
 
 
@@ -350,7 +350,7 @@ def test_answer_length_follows_the_demonstrations_size_ratio(env) -> None:
                      test=((np.zeros((14, 14), np.int64), np.ones((1, 2), np.int64)),))  # fmt: skip
     grow = ArcTask("grow", train=((np.zeros((2, 2), np.int64), np.ones((4, 4), np.int64)),) * 2,
                    test=((np.zeros((5, 5), np.int64), np.ones((10, 10), np.int64)),))  # fmt: skip
-    identity = (arc._Identity(),)
+    identity = (arc.Identity(),)
     assert env._max_answer_tokens(shrink, identity) < 10
     assert env._max_answer_tokens(grow, identity) >= env._prompt_tokens(render_grid(grow.test[0][1])) + 1
 

