@@ -28,6 +28,13 @@ Algorithms whose trainer generates its own samples (GRPO through TRL) override
 :meth:`Agent.train_round` and call :meth:`Round.step` from their reward function.
 :class:`agents.generator.GeneratorAgent` implements ``propose``/``save``/``load`` for a Hugging Face
 language model with a LoRA adapter, so that most agents only write ``learn``.
+
+Beyond ``reset``/``step``, the training job needs two things of an environment, reached through
+Gymnasium's ``env.get_wrapper_attr`` (so that wrappers pass them through): ``num_contexts``, to
+split held-out contexts from training ones, and ``update_inner_model(write)``, to copy the generator
+into the inner model when a run trains the model it adapts (``--inner-model generator``). Whether
+self-edits can be stepped in batches is the vector environment's ``batched`` (see
+:func:`agents.stepping.make_env`). :class:`seal_env.env.SelfAdaptEnv` provides all three.
 """
 
 from __future__ import annotations

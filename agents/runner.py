@@ -108,9 +108,8 @@ def train(
     log = RunLog(directory, state.process_index)
     if config.resume:
         log.read()
-    base_env = env.unwrapped
     stepper = stepper or SequentialStepper(env)
-    held_out, pool = split_contexts(len(base_env.contexts), config)
+    held_out, pool = split_contexts(env.get_wrapper_attr("num_contexts"), config)
     outputs = RunReport(directory, state.is_main_process)
     history = log.rounds  # the finished rounds' metrics; _finish_round appends
 
@@ -179,8 +178,7 @@ def train(
 
     def sync_inner_model() -> None:
         if config.inner_model == "generator":
-            agent.sync_inner_model(base_env.model)
-            base_env.clear_baseline_cache()
+            env.get_wrapper_attr("update_inner_model")(agent.sync_inner_model)
 
     if history:
         agent.load(directory / CHECKPOINTS_DIR / f"round-{history[-1]['round']:03d}")

@@ -8,6 +8,7 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :class:`ResultLog` - an append-only JSON-lines file whose first line is the run's configuration:
   a benchmark appends one record per finished unit of work and, when restarted on the same folder,
   skips every unit already in the log. A log written under another configuration is refused.
+* :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
 
@@ -20,11 +21,14 @@ import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
 from seal_env.jsonl import append_jsonl, read_jsonl
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,23 @@ def file_digest(path: Path) -> str:
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def load_generator(path: Path, inner_model: torch.nn.Module) -> torch.nn.Module:
+    """The generator in ``path``: a PEFT adapter applied to a private copy of the inner model (merged
+    for fast sampling), or a full checkpoint folder loaded on its own."""
+    if (path / "adapter_config.json").is_file():
+        import copy
+
+        from peft import PeftModel
+
+        # from_pretrained injects the adapter into the model it is given: never the shared inner model.
+        base = copy.deepcopy(inner_model)
+        return PeftModel.from_pretrained(base, str(path), local_files_only=True).merge_and_unload().eval()
+    from seal_env.models import load_model
+
+    model, _ = load_model(path, device=next(inner_model.parameters()).device, shared=False)
+    return model
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -43,8 +43,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, file_digest, markdown_table, run_environment, write_json
-from knowledge_incorporation import load_generator
+from _common import ResultLog, file_digest, load_generator, markdown_table, run_environment, write_json
 from seal_env.env import SelfEditError
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model

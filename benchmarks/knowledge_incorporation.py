@@ -53,7 +53,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, bootstrap_ci, file_digest, format_interval, markdown_table, run_environment, write_json
+from _common import ResultLog, bootstrap_ci, file_digest, load_generator, run_environment, write_json
+from _knowledge_report import METRICS, markdown_continual, markdown_results, plot_bars, plot_heat_maps
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
@@ -62,13 +63,6 @@ from seal_env.models import DEFAULT_MODEL_NAME, load_model
 from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
 
 MODES = ("single", "cpt", "continual")
-METRICS = ("exact_match", "f1", "contains", "log_likelihood")
-METRIC_LABELS = {
-    "exact_match": "exact match %",
-    "f1": "token F1 %",
-    "contains": "contains answer %",
-    "log_likelihood": "gold log-lik / token",
-}
 DEFAULT_N_PASSAGES = {"cpt": 10, "continual": 8}
 
 # Published results (SEAL paper, Table 2; Qwen2.5-7B, no-context QA accuracy graded by GPT-4.1),
@@ -196,21 +190,6 @@ class Row:
 
 def _mean_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
     return {m: float(np.mean([x[m] for x in metrics])) for m in METRICS}
-
-
-def load_generator(path: Path, inner_model: torch.nn.Module) -> torch.nn.Module:
-    """The generator in ``path``: a PEFT adapter applied to a private copy of the inner model (merged
-    for fast sampling), or a full checkpoint folder loaded on its own."""
-    if (path / "adapter_config.json").is_file():
-        import copy
-
-        from peft import PeftModel
-
-        # from_pretrained injects the adapter into the model it is given: never the shared inner model.
-        base = copy.deepcopy(inner_model)
-        return PeftModel.from_pretrained(base, str(path), local_files_only=True).merge_and_unload().eval()
-    model, _ = load_model(path, device=next(inner_model.parameters()).device, shared=False)
-    return model
 
 
 def available_rows(passages: Sequence[Passage], with_generator: bool, model_label: str) -> list[Row]:
@@ -654,112 +633,6 @@ class Benchmark:
         else:
             plot_bars(summary, out / f"{mode}.png")
         print(table)
-
-
-# ---------------------------------------------------------------------------------------- reporting
-
-
-def _scale(metric: str) -> tuple[float, int]:
-    """``(scale, digits)`` for printing a metric: text metrics as percentages, log-likelihood raw."""
-    return (1.0, 2) if metric == "log_likelihood" else (100.0, 1)
-
-
-def _intervals(intervals: dict[str, dict[str, float]]) -> list[str]:
-    return [format_interval(intervals[m], scale=_scale(m)[0], digits=_scale(m)[1]) for m in METRICS]
-
-
-def markdown_results(summary: dict[str, Any]) -> str:
-    """The single / cpt table (percentages for the text metrics), then paired gains over the passage."""
-    paper = summary["paper"]
-    header = ["row", "n", *(METRIC_LABELS[m] for m in METRICS), "s / passage (median)", f"paper: {paper['setting']}"]
-    body = [
-        [
-            row["name"] + (f" ({row['n_errors']} unusable self-edits)" if row["n_errors"] else ""),
-            row["n_passages"],
-            *_intervals(row["metrics"]),
-            f"{row['seconds_per_passage']['median']:.1f}",
-            "—" if row["paper_accuracy"] is None else f"{row['paper_accuracy']:.1f}",
-        ]
-        for row in summary["rows"]
-    ]
-    text = markdown_table(header, body)
-    paired = [r for r in summary["rows"] if "vs_passage" in r]
-    if paired:
-        text += "\nPaired difference from training on the passage only (same passages; 95% bootstrap interval):\n\n"
-        header = ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
-        text += markdown_table(header, [[r["name"], *_intervals(r["vs_passage"])] for r in paired])
-    return text
-
-
-def markdown_continual(summary: dict[str, Any]) -> str:
-    """Per row and metric: the base score, the score right after learning a passage, the score at
-    the end of the stream, and the forgetting (mean drop from just-learnt to end)."""
-    body = []
-    for row in summary["rows"]:
-        for m in METRICS:
-            s, (scale, digits) = row["summary"][m], _scale(m)
-            values = [f"{s[k] * scale:.{digits}f}" for k in ("base", "just_learnt", "at_end", "forgetting")]
-            body.append([row["name"], METRIC_LABELS[m], *values])
-    return markdown_table(["row", "metric", "base", "just learnt", "end of stream", "forgetting"], body)
-
-
-def plot_bars(summary: dict[str, Any], path: Path) -> None:
-    """Grouped bars with 95% intervals: text metrics (%) on the left, log-likelihood on the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summary["rows"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 1.3]})
-    text_metrics = [m for m in METRICS if m != "log_likelihood"]
-    width = 0.8 / len(rows)
-    for r, row in enumerate(rows):
-        x = np.arange(len(text_metrics)) + (r - (len(rows) - 1) / 2) * width
-        iv = [row["metrics"][m] for m in text_metrics]
-        means = np.array([v["mean"] for v in iv]) * 100
-        errors = np.array([[v["mean"] - v["low"] for v in iv], [v["high"] - v["mean"] for v in iv]]) * 100
-        left.bar(x, means, width, yerr=errors, capsize=2, label=row["name"], color=f"C{r}")
-        ll = row["metrics"]["log_likelihood"]
-        # points, not bars: log-likelihoods are negative and bars from 0 would hide the differences
-        ll_error = [[ll["mean"] - ll["low"]], [ll["high"] - ll["mean"]]]
-        right.errorbar(r, ll["mean"], yerr=ll_error, fmt="o", capsize=3, color=f"C{r}")
-    left.set_xticks(range(len(text_metrics)), [METRIC_LABELS[m] for m in text_metrics])
-    left.set_ylabel("% of questions")
-    left.legend(fontsize=7)
-    right.set_xticks([])
-    right.set_xlim(-0.5, len(rows) - 0.5)
-    right.set_title(METRIC_LABELS["log_likelihood"] + " (higher is better)", fontsize=9)
-    fig.suptitle(f"Knowledge incorporation ({summary['mode']} mode, n={summary['n_passages']} passages, 95% bootstrap CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_heat_maps(summary: dict[str, Any], out: Path) -> None:
-    """One PNG per metric, one heat map per row: rows = steps (0 = before any update), columns =
-    passages in stream order; a column fading below its diagonal cell is forgetting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summary["rows"]
-    n = summary["n_passages"]
-    for m in METRICS:
-        fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows) + 1, 3.6), squeeze=False)
-        values = [np.array(r["matrix"][m], dtype=float) for r in rows]
-        low, high = np.nanmin([np.nanmin(v) for v in values]), np.nanmax([np.nanmax(v) for v in values])
-        for ax, row, matrix in zip(axes[0], rows, values):
-            image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=low, vmax=high, aspect="auto")
-            ax.set_title(row["name"], fontsize=8)
-            ax.set_xticks(range(n), [str(j + 1) for j in range(n)], fontsize=7)
-            ax.set_yticks(range(n + 1), ["base"] + [f"after {s}" for s in range(1, n + 1)], fontsize=7)
-            ax.set_xlabel("passage (stream order)", fontsize=8)
-        fig.colorbar(image, ax=axes[0].tolist(), label=METRIC_LABELS[m])
-        fig.suptitle(f"Continual incorporation: {METRIC_LABELS[m]} after each update", fontsize=10)
-        fig.savefig(out / f"continual_{m}.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------- CLI

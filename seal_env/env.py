@@ -461,3 +461,16 @@ class SelfAdaptEnv(gym.Env[dict, str], Generic[ContextT]):
     def clear_baseline_cache(self) -> None:
         """Forget cached baselines (after changing the inner model, say)."""
         self._baselines.clear()
+
+    @property
+    def num_contexts(self) -> int:
+        """How many contexts episodes draw from (``options["index"]`` ranges over them)."""
+        return len(self.contexts)
+
+    def update_inner_model(self, write: Callable[[torch.nn.Module], None]) -> None:
+        """Let ``write`` change the inner model's weights in place (a training job copies its current
+        generator into a private inner model, the SEAL setting), then forget the baselines measured
+        on the old weights."""
+        with torch.no_grad():
+            write(self.model)
+        self.clear_baseline_cache()

@@ -51,9 +51,11 @@ def tiny_env(tokenizer, **overrides) -> gym.Env:
 
 class ScriptedEnv(gym.Env):
     """Known rewards: the score of a self-edit is how often it names its context's word; reward 1.0
-    iff the score is positive. Stands in for a SelfAdaptEnv (``contexts``, ``reset(options=...)``)."""
+    iff the score is positive. Stands in for a SelfAdaptEnv: the training job needs nothing but
+    ``num_contexts`` and ``reset(options={"index": ...})`` / ``step()``."""
 
     contexts = ["apple", "bread", "cider", "dates"]
+    num_contexts = len(contexts)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
