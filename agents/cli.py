@@ -14,120 +14,23 @@ the defaults live in one place (the dataclasses) and an option of the other agen
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import json
 import sys
-import textwrap
-import types
-import typing
 import warnings
-from dataclasses import MISSING, Field, fields, is_dataclass, replace
-from typing import Any, Literal, Sequence
+from dataclasses import replace
+from typing import Any, Sequence
 
 from agents.generator import GeneratorConfig
 from agents.grpo import GRPOAgent, GRPOAgentConfig
 from agents.rest_em import RestEMAgent, RestEMConfig
 from agents.runner import TrainConfig, TrainSetupError, agent_settings, check_run_folder, train
 from agents.stepping import make_env
+from seal_env.config_cli import INNER_PREFIX, Option, add_option, dataclass_options
 
 AGENTS: dict[str, tuple[type, type]] = {
     "rest-em": (RestEMAgent, RestEMConfig),
     "grpo": (GRPOAgent, GRPOAgentConfig),
 }
-INNER_PREFIX = "inner_"
-
-
-# ---------------------------------------------------------------------- dataclass -> argparse
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Help text of each field of a dataclass: ``metadata["help"]`` (TRL's style) or the docstring
-    written under the field (this project's style), subclasses overriding their bases."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not is_dataclass(klass):
-            continue
-        try:
-            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        except (OSError, TypeError):  # source not available (e.g. built in a REPL)
-            body = []
-        for node, after in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(after.value.value.split())
-    for f in fields(cls):
-        if "help" in f.metadata:
-            docs[f.name] = f.metadata["help"]
-    return docs
-
-
-def _default(f: Field) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None
-
-
-def _argument_type(annotation: Any) -> tuple[type, list[Any] | None]:
-    """``(type, choices)`` for a field annotation: Literal -> choices; ``X | None`` and
-    ``str | list[str]`` -> the first scalar type."""
-    if typing.get_origin(annotation) is Literal:
-        choices = list(typing.get_args(annotation))
-        return type(choices[0]), choices
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        scalars = [a for a in typing.get_args(annotation) if a in (bool, int, float, str)]
-        if scalars:
-            return scalars[0], None
-    if annotation in (bool, int, float, str):
-        return annotation, None
-    raise TypeError(f"no command-line type for annotation {annotation!r}")
-
-
-class Option(typing.NamedTuple):
-    dest: str
-    type: type
-    choices: list[Any] | None
-    default: Any
-    help: str
-    nested: bool
-    """True for a field of the nested InnerLoopConfig."""
-
-
-def dataclass_options(cls: type, defaults: Any = None, *, nested: bool = False) -> list[Option]:
-    """One :class:`Option` per field of ``cls`` (defaults from the instance ``defaults`` when given).
-    The nested ``inner_loop`` dataclass is flattened into ``inner_*`` options with the parent's
-    default values."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    options = []
-    for f in fields(cls):
-        default = getattr(defaults, f.name) if defaults is not None else _default(f)
-        if f.name == "inner_loop":
-            options.extend(
-                o._replace(dest=INNER_PREFIX + o.dest) for o in dataclass_options(hints[f.name], default, nested=True)
-            )
-            continue
-        kind, choices = _argument_type(hints[f.name])
-        options.append(Option(f.name, kind, choices, default, docs.get(f.name, ""), nested))
-    return options
-
-
-def _add_option(group: argparse._ArgumentGroup, option: Option, help_text: str) -> None:
-    flag = "--" + option.dest.replace("_", "-")
-    help_text = help_text.replace("%", "%%")  # argparse formats help with %
-    if option.type is bool:
-        group.add_argument(flag, dest=option.dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    else:
-        group.add_argument(
-            flag, dest=option.dest, type=option.type, choices=option.choices, default=None, help=help_text
-        )
 
 
 def _defaults_note(defaults: dict[str, Any]) -> str:
@@ -145,7 +48,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     inner = parser.add_argument_group("inner loop (the LoRA update of each environment step)")
     for option in dataclass_options(TrainConfig):
         note = "" if option.default is None else f" (default: {option.default})"
-        _add_option(inner if option.nested else job, option, option.help + note)
+        add_option(inner if option.nested else job, option, option.help + note)
     shared = {option.dest for option in dataclass_options(GeneratorConfig)}
     groups = {"": parser.add_argument_group("generator (both agents)")}
     defaults: dict[str, dict[str, Any]] = {}
@@ -157,7 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for dest, (option, owner) in first.items():
         if owner not in groups:
             groups[owner] = parser.add_argument_group(f"{owner} (--agent {owner})")
-        _add_option(groups[owner], option, f"{option.help} ({_defaults_note(defaults[dest])})")
+        add_option(groups[owner], option, f"{option.help} ({_defaults_note(defaults[dest])})")
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, GeneratorConfig]:

@@ -58,6 +58,7 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import Interval, ResultLog, bootstrap_ci, markdown_table, run_environment, write_json
+from seal_env.config_cli import add_option, dataclass_options, given_options
 from seal_env.env import Evaluation
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import sample_self_edits
@@ -98,7 +99,7 @@ TARGETS = {
 class ValidityConfig:
     data: Path
     """Passages JSON with external ``self_edits`` sets (the layout of squad_eval_passages.json)."""
-    out: Path
+    out: Path = Path("runs/reward_validity")
     """Folder of the resumable logs (one per candidate) and the shared self-edit cache."""
     json: Path | None = None
     """Where to write the summary JSON (default ``<out>/<candidate>.json``); a markdown table goes beside it."""
@@ -111,13 +112,17 @@ class ValidityConfig:
     samples: int = 2
     """Self-edits sampled from the untrained model per passage."""
     temperature: float = 1.0
+    """Sampling temperature of the untrained self-edits (the train job's)."""
     sample_tokens: int = 128
+    """Longest sampled self-edit, in tokens."""
     seed: int = 0
     """Seed of sampling and shuffling."""
     model: str | None = None
     """Model id or path (default: the embedded SmolLM2-135M-Instruct)."""
     device: str | None = None
+    """Device of the model (default: CUDA when available, else CPU)."""
     threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
 
     def __post_init__(self) -> None:
         if self.candidate not in CANDIDATES:
@@ -459,21 +464,18 @@ def markdown_summary(summaries: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ValidityConfig:
+    """The command line is :class:`ValidityConfig` (one option per field, help from its docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("runs/reward_validity"))
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--candidate", choices=sorted(CANDIDATES), default="default")
-    parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument("--retest-limit", type=int, default=None)
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--sample-tokens", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    return ValidityConfig(**vars(parser.parse_args(argv)))
+    options = dataclass_options(ValidityConfig)
+    group = parser.add_argument_group("settings")
+    for option in options:
+        add_option(group, option, f"{option.help} (default: {option.default})")
+    args = parser.parse_args(argv)
+    values = given_options(args, options)
+    missing = [f"--{o.dest}" for o in options if o.dest == "data" and o.dest not in values]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return ValidityConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

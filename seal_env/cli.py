@@ -15,49 +15,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from importlib.metadata import entry_points
 from typing import Sequence
 
 import gymnasium as gym
 
+from seal_env.config_cli import INNER_PREFIX, Option, add_option, dataclass_options, given_options
 from seal_env.inner_loop import InnerLoopConfig
 
 COMMANDS_GROUP = "seal_env.commands"
 """Entry-point group of extra subcommands: each entry is ``command(subparsers)`` and adds its parser."""
 
-_INNER_LOOP_OPTIONS = {
-    "rank": "LoRA rank",
-    "alpha": "LoRA alpha",
-    "learning_rate": "inner-loop learning rate",
-    "epochs": "inner-loop epochs",
-    "batch_size": "inner-loop batch size",
-    "max_tokens_per_example": "truncate training sequences to this many tokens",
-    "loss_on": "train on 'all' tokens or only the 'completion'",
-    "seed": "seed of adapter initialisation and shuffling",
-}
-
-
 def add_inner_loop_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--inner-*`` options overriding :class:`InnerLoopConfig` fields (default: the env's preset)."""
+    """``--inner-*`` options for every :class:`InnerLoopConfig` field (default: the chosen preset's)."""
     group = parser.add_argument_group("inner loop (LoRA update per self-edit)")
     group.add_argument(
         "--inner-preset", choices=["default", "seal"], default="default",
         help="'default': tuned for the embedded model on CPU; 'seal': the paper's r=32, alpha=64, 10 epochs",
     )
-    types = {f.name: f.type for f in fields(InnerLoopConfig)}
-    defaults = InnerLoopConfig()
-    for name, text in _INNER_LOOP_OPTIONS.items():
-        kind = {"int": int, "float": float, "str": str}[str(types[name])]
-        group.add_argument(
-            f"--inner-{name.replace('_', '-')}", dest=f"inner_{name}", type=kind, default=None,
-            help=f"{text} (default preset: {getattr(defaults, name)})",
-        )
+    for option in _inner_loop_options():
+        add_option(group, option, f"{option.help} (default preset: {option.default})")
 
 
 def inner_loop_from_args(args: argparse.Namespace) -> InnerLoopConfig:
-    overrides = {n: getattr(args, f"inner_{n}") for n in _INNER_LOOP_OPTIONS if getattr(args, f"inner_{n}") is not None}
+    overrides = {name[len(INNER_PREFIX):]: value for name, value in given_options(args, _inner_loop_options()).items()}
     return InnerLoopConfig.seal(**overrides) if args.inner_preset == "seal" else InnerLoopConfig(**overrides)
+
+
+def _inner_loop_options() -> list[Option]:
+    return [o._replace(dest=INNER_PREFIX + o.dest) for o in dataclass_options(InnerLoopConfig)]
 
 
 def _demo(args: argparse.Namespace) -> int:

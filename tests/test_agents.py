@@ -349,7 +349,7 @@ def test_train_options_come_from_the_config_dataclasses():
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     options = [a for a in parser._actions if a.dest != "help"]
-    assert all(a.help and a.default is None for a in options), "every option documented; defaults live in the configs"
+    assert all(a.help and a.default is argparse.SUPPRESS for a in options), "every option documented; defaults live in the configs"
 
     config, agent_config = configs_from_args(
         parser.parse_args(["--agent", "grpo", "--num-generations", "3", "--inner-epochs", "1", "--rounds", "5", "--no-full-finetune"])

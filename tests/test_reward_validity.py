@@ -91,3 +91,11 @@ def test_statistics_on_hand_made_records():
     assert summary["control_damage"]["mean"] == pytest.approx(-0.1)
     assert summary["targets_met"]["junk_loses_fraction"] is False
     assert summary["targets_met"]["restatement_positive_fraction"] is True
+
+
+def test_command_line_is_the_config_dataclass(tmp_path):
+    config = rv.parse_args(["--data", "p.json", "--limit", "3", "--candidate", "topic-title", "--out", str(tmp_path)])
+    assert config == rv.ValidityConfig(data=Path("p.json"), out=tmp_path, limit=3, candidate="topic-title")
+    with pytest.raises(SystemExit):
+        rv.parse_args(["--limit", "3"])  # --data is required
+    assert rv.main(["--data", "p.json", "--candidate", "nonsense"]) == 2
