@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from seal_env.models import load_model, load_tokenizer
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny models gain nothing from more, and on a busy 2-core machine the threads fight."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def info_numbers(value) -> list:
+    """Every int or float (numpy's too) inside a nested ``info`` value, bools aside."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in info_numbers(v)]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in info_numbers(v)]
+    return [value] if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else []
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from conftest import weights_digest
 from gymnasium.utils.env_checker import check_env
 
@@ -49,14 +48,7 @@ def with_training(**training) -> str:
     return json.dumps(config)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run on one intra-op thread: tiny models gain nothing from more, and on a busy shared CPU the
-    threads fight (a whole file took 5.5 min with torch's default of 2 threads, 20 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import make_tiny_model, weights_digest
 from peft import LoraConfig, get_peft_model
 
@@ -26,14 +25,7 @@ TASKS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run on one intra-op thread: tiny models gain nothing from more, and on a busy shared CPU the
-    threads fight (a whole file took 5.5 min with torch's default of 2 threads, 20 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

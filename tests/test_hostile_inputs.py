@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_tiny_model, weights_digest
+from conftest import info_numbers, make_tiny_model, weights_digest
 from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv, load_passages
 from seal_env.env import SelfEditError, check_self_edit_text
 from seal_env.models import load_tokenizer
@@ -65,20 +63,7 @@ def arc_env(lm):
     return FewShotARCEnv([MIRROR_TASK], model=lm, budget=ArcBudget(max_ttt_examples=1, epochs_range=(1, 1)))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def numbers(value):
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in numbers(v)]
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in numbers(v)]
-    return [value] if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else []
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def check_step(env, action, *, unusable: bool) -> None:
@@ -90,7 +75,7 @@ def check_step(env, action, *, unusable: bool) -> None:
         assert reward == 0.0 and info["error"], (action, info["error"])
     if info["error"]:
         assert reward == 0.0 and info["score"] is None and isinstance(info["error"], str)
-    assert all(math.isfinite(n) for n in numbers(info)), info
+    assert all(math.isfinite(n) for n in info_numbers(info)), info
     assert weights_digest(env.model) == before
 
 

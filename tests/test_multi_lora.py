@@ -39,14 +39,7 @@ PROMPTS = ["Who designed the Velmora Bridge?", "When did it open?"]
 ANSWERS = ["Talia Okonkwe-Brandt", "1931"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and on a busy shared CPU two
-    threads fight (these tests took 97 s with torch's default of 2 threads, 14 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def examples(*indices: int) -> list[TrainingExample]:

@@ -11,9 +11,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import weights_digest
+from conftest import info_numbers, weights_digest
 from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv
 from seal_env.tasks.arc import EXAMPLE_SELF_EDIT, ArcBudget, FewShotARCEnv, parse_self_edit
 from seal_env.env import SelfEditError
@@ -26,25 +25,11 @@ ONE_LINE = "Talia Norwin designed the Velmora Bridge."
 DIVERGING = InnerLoopConfig(learning_rate=1e20, epochs=1)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def all_numbers(value):
-    """Every int/float inside a nested info value."""
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in all_numbers(v)]
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in all_numbers(v)]
-    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_finite_info(info):
-    assert all(math.isfinite(n) for n in all_numbers(info)), info
+    assert all(math.isfinite(n) for n in info_numbers(info)), info
 
 
 # --- 2. model-written ARC text -----------------------------------------------------------------

@@ -7,7 +7,6 @@ from dataclasses import replace
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import seal_env  # noqa: F401  (registers the environment ids)
@@ -29,14 +28,7 @@ ACTIONS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the tiny model gains nothing from more, and on a busy shared CPU two
-    threads fight (these tests took 97 s with torch's default of 2 threads, 14 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def knowledge_kwargs(tiny_lm, **overrides):
