@@ -53,7 +53,7 @@ class GeneratorConfig:
     generation_batch_size: int = 16
     """Sequences generated together when sampling self-edits."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (saves memory on large models, ~20% slower)."""
+    """Recompute activations in the backward pass (saves memory on large models, costs time)."""
 
     def __post_init__(self) -> None:
         problems = []

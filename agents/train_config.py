@@ -25,8 +25,8 @@ class TrainSetupError(ValueError):
 
 
 def _fast_inner_loop() -> InnerLoopConfig:
-    # Two epochs over the self-edit's lines in one batch: ~4 s per step on 2 CPU cores instead of ~25 s
-    # for the environment's default (5 epochs, batch 1), so that the default job fits in ~15 minutes.
+    # Two epochs over the self-edit's lines in one batch, lighter than the environment's default
+    # (5 epochs, batch 1), so that the default job fits in minutes (README, "Measured").
     return InnerLoopConfig(epochs=2, batch_size=8, max_tokens_per_example=128)
 
 

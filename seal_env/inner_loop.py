@@ -33,10 +33,10 @@ from seal_env.lm import TokenizedExample, TrainingExample, pad_batch, token_log_
 class InnerLoopConfig:
     """Settings of one LoRA update.
 
-    The defaults are tuned for the embedded 135M model on a CPU: rank 16 on every linear layer with
-    learning rate 1e-3 for 5 epochs at batch size 1 raised the gold-answer log-likelihood of a
-    fictional passage from -6.3 to -3.1 per token in ~10 s (README, "Inner-loop defaults"); SEAL's
-    own settings (:meth:`seal`) train twice as long for a 7B model on a GPU.
+    The defaults are tuned for the embedded 135M model on a CPU (rank 16 on every linear layer,
+    learning rate 1e-3, 5 epochs at batch size 1; the README's "Inner loop" section has the
+    measurement behind them); SEAL's own settings (:meth:`seal`) train twice as long for a 7B model
+    on a GPU.
     """
 
     rank: int = 16
@@ -230,9 +230,9 @@ DIVERGED = "the update diverged: the adapter's weights are not finite after step
 def adamw(param_groups: list[dict]) -> torch.optim.AdamW:
     """AdamW over ``param_groups`` (each with its ``params``, ``lr`` and ``weight_decay``).
 
-    Fused (one kernel over all tensors) where torch has the kernel: on a CPU the default per-tensor
-    loop costs ~0.05-0.1 s per step for the ~400 LoRA tensors of the default model, a fifth of a
-    one-sentence step. Same arithmetic, so the same updates.
+    Fused (one kernel over all tensors) where torch has the kernel: the default per-tensor loop is a
+    sizeable share of a short step over the ~400 LoRA tensors of the default model. Same arithmetic,
+    so the same updates.
     """
     device = param_groups[0]["params"][0].device
     return torch.optim.AdamW(param_groups, fused=device.type in ("cpu", "cuda"))

