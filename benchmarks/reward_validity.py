@@ -83,6 +83,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "topic-title": {"question_topic": True, "title_prefix": True},
     "topic-title-lr-3e-4": {"question_topic": True, "title_prefix": True, "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
     "passage-baseline": {"baseline": "passage"},
+    "pmi": {"reward_metric": "answer_pmi"},
+    "pmi-topic-title": {"reward_metric": "answer_pmi", "question_topic": True, "title_prefix": True},
+    "pmi-lr-3e-4": {"reward_metric": "answer_pmi", "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config)."""
 

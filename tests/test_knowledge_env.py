@@ -237,3 +237,19 @@ def test_title_prefix_and_question_topic_put_the_title_in_training_and_questions
     assert all("Topic: Velmora Bridge\n" + q.question in p for p, q in zip(prompts, PASSAGES[0].questions))
     assert not any("Topic:" in p or PASSAGES[0].context in p for p in plain.question_prompts(PASSAGES[0]))
     assert PASSAGES[0].context not in "".join(prompts)  # still closed-book
+
+
+def test_answer_pmi_is_the_question_likelihood_minus_the_neutral_one(tiny_lm):
+    from seal_env.scoring import answer_log_likelihoods
+
+    model, tokenizer = tiny_lm
+    env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, reward_metric="answer_pmi", max_answer_tokens=2)
+    evaluation = env.evaluate(model, PASSAGES[0])
+    golds = [q.answers[0] for q in PASSAGES[0].questions]
+    asked = answer_log_likelihoods(model, tokenizer, env.question_prompts(PASSAGES[0]), golds)
+    neutral = answer_log_likelihoods(model, tokenizer, env.neutral_prompts(PASSAGES[0]), golds)
+    assert [item["answer_pmi"] for item in evaluation.items] == pytest.approx([a - n for a, n in zip(asked, neutral)], abs=1e-4)
+    assert evaluation.score == evaluation.metrics["answer_pmi"] == pytest.approx(sum(asked) / 2 - sum(neutral) / 2, abs=1e-4)
+    env.reset(options={"index": 0})
+    _, reward, _, _, info = env.step(SELF_EDIT)
+    assert info["gain"] == pytest.approx(info["metrics"]["answer_pmi"] - info["baseline_metrics"]["answer_pmi"])

@@ -9,6 +9,7 @@ answers as a dense score.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from contextlib import AbstractContextManager
@@ -63,7 +64,9 @@ SELF_EDIT_PROMPTS: dict[str, str] = {
 }
 
 QUESTION_SYSTEM_PROMPT = "Answer the question with a short phrase. Do not explain."
-REWARD_METRICS = ("log_likelihood", "f1", "exact_match", "contains")
+NEUTRAL_QUESTION = "What is the answer?"
+"""The question of the neutral prompt that ``answer_pmi`` compares each real question with."""
+REWARD_METRICS = ("log_likelihood", "answer_pmi", "f1", "exact_match", "contains")
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-z][.)])(?:\s+|$)")
 
@@ -178,8 +181,10 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             the paper), ``"implications-long"``, ``"rewrite"`` or ``"self-qa"``.
         reward_metric: the score that decides the reward: ``"log_likelihood"`` (default: mean
             per-token log-likelihood of the gold answers; dense, and the embedded model rarely gets
-            answers exactly right, so text metrics are almost always 0), ``"f1"``,
-            ``"exact_match"`` or ``"contains"``.
+            answers exactly right, so text metrics are almost always 0), ``"answer_pmi"`` (the
+            same log-likelihood minus the gold answer's log-likelihood after a neutral question,
+            :data:`NEUTRAL_QUESTION`: what the model knows about *this question*, not how familiar
+            the answer's words are), ``"f1"``, ``"exact_match"`` or ``"contains"``.
         baseline: ``"base"`` (the un-updated model, the paper's definition) or ``"passage"`` (the
             model updated on the raw passage alone: rewards self-edits that beat plain reading).
         include_passage: also train on the passage itself (the paper's "passage + self-edit").
@@ -254,26 +259,27 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             chat_prompt(self.tokenizer, topic + q.question, system=QUESTION_SYSTEM_PROMPT) for q in passage.questions
         ]
 
+    def neutral_prompts(self, passage: Passage) -> list[str]:
+        """One prompt per question, with :data:`NEUTRAL_QUESTION` in place of the question (the topic
+        kept): the gold answer's likelihood here is what ``answer_pmi`` subtracts."""
+        topic = f"Topic: {passage.title}\n" if self.question_topic and passage.title else ""
+        prompt = chat_prompt(self.tokenizer, topic + NEUTRAL_QUESTION, system=QUESTION_SYSTEM_PROMPT)
+        return [prompt] * len(passage.questions)
+
     def evaluate(self, model: torch.nn.Module, passage: Passage) -> Evaluation:
-        prompts = self.question_prompts(passage)
-        predictions = [
-            out[0].strip() for out in generate(model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens)
-        ]
-        log_likelihoods = answer_log_likelihoods(
-            model, self.tokenizer, prompts, [q.answers[0] for q in passage.questions]
-        )
-        return self._score(passage, predictions, log_likelihoods)
+        return self.evaluate_batch(model, [passage], lambda owners: contextlib.nullcontext())[0]
 
     def evaluate_batch(
         self, model: torch.nn.Module, passages: Sequence[Passage], route: Callable[[Sequence[int]], AbstractContextManager]
     ) -> list[Evaluation]:
         """The questions of all passages in one batch, each row routed to its passage's adapter."""
-        prompts, golds, owners = [], [], []
+        prompts, neutral, golds, owners = [], [], [], []
         for position, passage in enumerate(passages):
             prompts += self.question_prompts(passage)
+            neutral += self.neutral_prompts(passage)
             golds += [q.answers[0] for q in passage.questions]
             owners += [position] * len(passage.questions)
-        # One batch of all rows, so that every forward pass sees the rows in the order of ``owners``.
+        # One batch of all rows, so that every forward pass sees the rows in the order of the route.
         with route(owners):
             predictions = [
                 out[0].strip()
@@ -281,15 +287,23 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
                     model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens, batch_size=len(prompts)
                 )
             ]
-            log_likelihoods = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
+        with route(owners + owners):
+            likelihoods = answer_log_likelihoods(
+                model, self.tokenizer, prompts + neutral, golds + golds, batch_size=2 * len(prompts)
+            )
+        conditional, unconditional = likelihoods[: len(prompts)], likelihoods[len(prompts) :]
         evaluations, start = [], 0
         for passage in passages:
             end = start + len(passage.questions)
-            evaluations.append(self._score(passage, predictions[start:end], log_likelihoods[start:end]))
+            evaluations.append(
+                self._score(passage, predictions[start:end], conditional[start:end], unconditional[start:end])
+            )
             start = end
         return evaluations
 
-    def _score(self, passage: Passage, predictions: Sequence[str], log_likelihoods: Sequence[float]) -> Evaluation:
+    def _score(
+        self, passage: Passage, predictions: Sequence[str], log_likelihoods: Sequence[float], neutral: Sequence[float]
+    ) -> Evaluation:
         items = [
             {
                 "question": q.question,
@@ -299,8 +313,9 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
                 "f1": token_f1(prediction, q.answers),
                 "contains": contains_answer(prediction, q.answers),
                 "log_likelihood": ll,
+                "answer_pmi": ll - ll_neutral,
             }
-            for q, prediction, ll in zip(passage.questions, predictions, log_likelihoods)
+            for q, prediction, ll, ll_neutral in zip(passage.questions, predictions, log_likelihoods, neutral)
         ]
         metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS}
         return Evaluation(metrics[self.reward_metric], metrics, items)
