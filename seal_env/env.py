@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import operator
-import string
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from seal_env.data_files import unusable_character
 from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, TrainResult, adapted
 from seal_env.lm import TrainingExample
 from seal_env.models import load_model
+from seal_env.spaces import Seconds, UnicodeText
 from seal_env.multi_lora import adapted_many, lora_structure
 
 ContextT = TypeVar("ContextT")
@@ -53,41 +53,6 @@ class SelfEditError(ValueError):
 class BaselineError(RuntimeError):
     """The baseline of a context could not be measured (its update diverged, say). ``step()`` turns it
     into reward 0.0 and ``info["error"]``."""
-
-
-class UnicodeText(spaces.Text):
-    """Any Python ``str`` whose length lies in ``[min_length, max_length]``.
-
-    Gymnasium's ``Text`` accepts only the characters of its charset (alphanumerics by default), but a
-    self-edit or passage may hold any Unicode text; this space checks type and length only. Samples
-    are drawn from printable ASCII.
-    """
-
-    def __init__(self, max_length: int, *, min_length: int = 0, seed: int | None = None):
-        super().__init__(max_length, min_length=min_length, charset=string.printable, seed=seed)
-
-    def contains(self, x: Any) -> bool:
-        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
-
-    def __repr__(self) -> str:
-        return f"UnicodeText({self.min_length}, {self.max_length})"
-
-
-class Seconds(float):
-    """A wall-clock duration in ``info``.
-
-    Durations differ from run to run although the transition is the same, so two ``Seconds`` compare
-    equal to each other: equal ``info`` dicts then mean an equal transition (Gymnasium's
-    ``check_env`` compares the ``info`` of two identical steps). Use ``float(x)`` for the value.
-    """
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Seconds)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = float.__hash__
 
 
 @dataclass
