@@ -42,7 +42,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 TRAIN = "train"
 EVAL = "eval"
@@ -87,6 +87,14 @@ class StepRequest:
     self_edit: str
 
 
+class RunSteps(Protocol):
+    """What a :class:`Round` asks of the run it belongs to (the runner's ``TrainingRun``)."""
+
+    def step(self, round_index: int, phase: str, requests: Sequence[StepRequest], shard: bool) -> list[StepRecord]: ...
+
+    def propose(self, round_index: int, phase: str, compute: Callable[[], list[list[str]]]) -> list[list[str]]: ...
+
+
 class Round:
     """What the runner gives an agent for one round of training.
 
@@ -96,6 +104,7 @@ class Round:
         seed: the round's seed; use it (not a global random state) so that a resumed run repeats an
             uninterrupted one exactly.
         observations: one observation per entry of ``context_indices``.
+        run: the run that steps, logs and resumes (see :class:`RunSteps`).
         logger: called with scalar metrics and a step number by agents that log during the round
             (e.g. a trainer's loss); the runner writes them to TensorBoard.
     """
@@ -106,17 +115,15 @@ class Round:
         context_indices: Sequence[int],
         observations: Sequence[dict[str, Any]],
         seed: int,
-        step_fn: Callable[[int, str, Sequence[StepRequest], bool], list[StepRecord]],
-        propose_fn: Callable[[int, str, Callable[[], list[list[str]]]], list[list[str]]],
+        run: RunSteps,
         logger: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
     ):
         self.index = index
         self.context_indices = list(context_indices)
         self.observations = list(observations)
         self.seed = seed
+        self.run = run
         self.logger = logger
-        self._step_fn = step_fn
-        self._propose_fn = propose_fn
 
     def step(self, requests: Sequence[StepRequest], *, shard: bool = True) -> list[StepRecord]:
         """Step the environment on each request; one :class:`StepRecord` per request, in order.
@@ -127,13 +134,13 @@ class Round:
         get all records back; pass ``shard=False`` when every process steps its own requests (as in
         a distributed trainer's reward function).
         """
-        return self._step_fn(self.index, TRAIN, requests, shard)
+        return self.run.step(self.index, TRAIN, requests, shard)
 
     def propose(self, compute: Callable[[], list[list[str]]]) -> list[list[str]]:
         """The round's self-edits: ``compute()`` (e.g. ``agent.propose(...)``), logged before any step
         so that a resumed round steps exactly the same self-edits; read back from the log when the
         round was interrupted after proposing."""
-        return self._propose_fn(self.index, TRAIN, compute)
+        return self.run.propose(self.index, TRAIN, compute)
 
 
 class Agent(abc.ABC):

@@ -96,27 +96,72 @@ def train(
     the environment (default: :class:`agents.stepping.SequentialStepper`; see
     :func:`agents.stepping.make_env` for the batched one).
     """
-    # On CPU, several processes (torchrun / accelerate launch) only form a group when asked for CPU.
-    state = PartialState(cpu=pick_device(config.device).type == "cpu")
-    directory = Path(config.output_dir)
-    settings = agent_settings(getattr(agent, "name", type(agent).__name__), getattr(agent, "config", None))
-    if state.is_main_process:  # only it writes: the others would find its config.json and refuse
-        check_run_folder(config, settings)
-        if not config.resume:
-            write_atomic(directory / CONFIG_FILE, json.dumps(run_settings(config, settings), indent=2) + "\n")
-    state.wait_for_everyone()
-    log = RunLog(directory, state.process_index)
-    if config.resume:
-        log.read()
-    stepper = stepper or SequentialStepper(env)
-    held_out, pool = split_contexts(env.get_wrapper_attr("num_contexts"), config)
-    outputs = RunReport(directory, state.is_main_process)
-    history = log.rounds  # the finished rounds' metrics; _finish_round appends
+    return TrainingRun(agent, env, config, stepper or SequentialStepper(env)).run()
 
-    def observe(indices: Sequence[int]) -> list[dict[str, Any]]:
-        return [env.reset(options={"index": i})[0] for i in indices]
 
-    def propose(round_index: int, phase: str, compute: Callable[[], list[list[str]]]) -> list[list[str]]:
+class TrainingRun:
+    """One training job, read top to bottom in :meth:`run`: the log it resumes from, how it proposes
+    and steps (what each :class:`~agents.base.Round` calls back), the held-out evaluation."""
+
+    def __init__(self, agent: Agent, env: gym.Env, config: TrainConfig, stepper: Stepper):
+        # On CPU, several processes (torchrun / accelerate launch) only form a group when asked for CPU.
+        self.state = PartialState(cpu=pick_device(config.device).type == "cpu")
+        self.agent, self.env, self.config, self.stepper = agent, env, config, stepper
+        self.directory = Path(config.output_dir)
+        settings = agent_settings(getattr(agent, "name", type(agent).__name__), getattr(agent, "config", None))
+        if self.state.is_main_process:  # only it writes: the others would find its config.json and refuse
+            check_run_folder(config, settings)
+            if not config.resume:
+                write_atomic(self.directory / CONFIG_FILE, json.dumps(run_settings(config, settings), indent=2) + "\n")
+        self.state.wait_for_everyone()
+        self.log = RunLog(self.directory, self.state.process_index)
+        if config.resume:
+            self.log.read()
+        self.held_out, self.pool = split_contexts(env.get_wrapper_attr("num_contexts"), config)
+        self.report = RunReport(self.directory, self.state.is_main_process)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every round not finished yet, then the final generator; the metrics of every round."""
+        agent, config, log, state = self.agent, self.config, self.log, self.state
+        history = log.rounds  # the finished rounds' metrics; _finish_round appends
+        if history:
+            agent.load(self.directory / CHECKPOINTS_DIR / f"round-{history[-1]['round']:03d}")
+        for round_index in range(len(history), config.rounds + 1):
+            start = time.perf_counter()
+            self.sync_inner_model()
+            metrics: dict[str, Any] = {"round": round_index}
+            if round_index > 0:
+                indices = round_contexts(self.pool, config, round_index)
+                train_step = sum(m.get("agent/steps", 0) for m in history)
+                learned = agent.train_round(
+                    Round(
+                        round_index, indices, self.observe(indices), derive_seed(config.seed, round_index, TRAIN), self,
+                        logger=lambda values, s: self.report.scalars(values, train_step + s),
+                    )
+                )
+                if state.num_processes > 1:  # steps a trainer took in each process (GRPO) are only known there
+                    for record in gather_object(log.records(round_index, TRAIN)):
+                        log.steps[record.key] = record
+                metrics.update(summarize(log.records(round_index, TRAIN), TRAIN))
+                metrics.update({f"agent/{k}": v for k, v in learned.items()})
+                self.sync_inner_model()
+            metrics.update(summarize(self.evaluate(round_index), EVAL))
+            metrics["minutes"] = (time.perf_counter() - start) / 60
+            _finish_round(agent, log, self.directory, metrics, state)
+            self.report.round_finished(history)
+        if state.is_main_process:
+            _save_atomic(agent, self.directory / GENERATOR_DIR)
+        state.wait_for_everyone()
+        self.report.close()
+        return history
+
+    def observe(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self.env.reset(options={"index": i})[0] for i in indices]
+
+    def propose(self, round_index: int, phase: str, compute: Callable[[], list[list[str]]]) -> list[list[str]]:
+        """The logged self-edits of ``(round, phase)``, or ``compute()``'s, logged before any step
+        (computed by the main process and shared with the others)."""
+        log, state = self.log, self.state
         if (round_index, phase) in log.proposals:
             return log.proposals[(round_index, phase)]
         self_edits = [compute() if state.is_main_process else None]
@@ -127,7 +172,9 @@ def train(
         log.proposals[(round_index, phase)] = self_edits[0]
         return self_edits[0]
 
-    def step(round_index: int, phase: str, requests: Sequence[StepRequest], shard: bool) -> list[StepRecord]:
+    def step(self, round_index: int, phase: str, requests: Sequence[StepRequest], shard: bool) -> list[StepRecord]:
+        """One record per request: from the log when it holds the step, else stepped and logged."""
+        log, state = self.log, self.state
         results: list[StepRecord | None] = []
         for request in requests:
             logged = log.steps.get((round_index, phase, request.context_index, request.sample))
@@ -138,7 +185,7 @@ def train(
                 )
             results.append(logged)
         # Fixed chunks by position: a resumed run batches the remaining steps as the first run did.
-        size = stepper.batch_size
+        size = self.stepper.batch_size
         chunks = [range(start, min(start + size, len(requests))) for start in range(0, len(requests), size)]
         todo = [chunk for chunk in chunks if any(results[i] is None for i in chunk)]
         distributed = shard and state.num_processes > 1
@@ -151,7 +198,7 @@ def train(
                    disable=not state.is_main_process, leave=False)
         for chunk in todo:
             pending = [i for i in chunk if results[i] is None]
-            for i, (reward, info) in zip(pending, stepper([requests[i] for i in pending])):
+            for i, (reward, info) in zip(pending, self.stepper([requests[i] for i in pending])):
                 r = requests[i]
                 record = StepRecord(round_index, phase, r.context_index, r.sample, r.prompt, r.self_edit, reward,
                                     to_json_safe(info))
@@ -165,51 +212,24 @@ def train(
             results = [log.steps[(round_index, phase, r.context_index, r.sample)] for r in requests]
         return results
 
-    def evaluate(round_index: int) -> list[StepRecord]:
-        observations = observe(held_out)
-        seed = derive_seed(config.seed, 0, EVAL)  # same seed every round: rounds differ only by the policy
-        self_edits = propose(round_index, EVAL, lambda: agent.propose(observations, config.eval_samples, seed=seed))
+    def evaluate(self, round_index: int) -> list[StepRecord]:
+        """The held-out evaluation of the current generator (the same seed every round: rounds differ
+        only by the policy)."""
+        observations = self.observe(self.held_out)
+        seed = derive_seed(self.config.seed, 0, EVAL)
+        self_edits = self.propose(
+            round_index, EVAL, lambda: self.agent.propose(observations, self.config.eval_samples, seed=seed)
+        )
         requests = [
             StepRequest(index, sample, obs["prompt"], text)
-            for index, obs, texts in zip(held_out, observations, self_edits)
+            for index, obs, texts in zip(self.held_out, observations, self_edits)
             for sample, text in enumerate(texts)
         ]
-        return step(round_index, EVAL, requests, True)
+        return self.step(round_index, EVAL, requests, True)
 
-    def sync_inner_model() -> None:
-        if config.inner_model == "generator":
-            env.get_wrapper_attr("update_inner_model")(agent.sync_inner_model)
-
-    if history:
-        agent.load(directory / CHECKPOINTS_DIR / f"round-{history[-1]['round']:03d}")
-    for round_index in range(len(history), config.rounds + 1):
-        start = time.perf_counter()
-        sync_inner_model()
-        metrics: dict[str, Any] = {"round": round_index}
-        if round_index > 0:
-            indices = round_contexts(pool, config, round_index)
-            train_step = sum(m.get("agent/steps", 0) for m in history)
-            learned = agent.train_round(
-                Round(
-                    round_index, indices, observe(indices), derive_seed(config.seed, round_index, TRAIN), step,
-                    propose, logger=lambda values, s: outputs.scalars(values, train_step + s),
-                )
-            )
-            if state.num_processes > 1:  # steps a trainer took in each process (GRPO) are only known there
-                for record in gather_object(log.records(round_index, TRAIN)):
-                    log.steps[record.key] = record
-            metrics.update(summarize(log.records(round_index, TRAIN), TRAIN))
-            metrics.update({f"agent/{k}": v for k, v in learned.items()})
-            sync_inner_model()
-        metrics.update(summarize(evaluate(round_index), EVAL))
-        metrics["minutes"] = (time.perf_counter() - start) / 60
-        _finish_round(agent, log, directory, metrics, state)
-        outputs.round_finished(history)
-    if state.is_main_process:
-        _save_atomic(agent, directory / GENERATOR_DIR)
-    state.wait_for_everyone()
-    outputs.close()
-    return history
+    def sync_inner_model(self) -> None:
+        if self.config.inner_model == "generator":
+            self.env.get_wrapper_attr("update_inner_model")(self.agent.sync_inner_model)
 
 
 def _finish_round(agent: Agent, log: RunLog, directory: Path, metrics: dict[str, Any], state: PartialState) -> None:

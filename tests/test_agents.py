@@ -244,13 +244,14 @@ def test_env_reward_scores_every_completion_against_its_own_context():
     env = ScriptedEnv()
     stepper = SequentialStepper(env)
 
-    def step(round_index, phase, requests, shard):
-        return [
-            StepRecord(round_index, phase, r.context_index, r.sample, r.prompt, r.self_edit, reward, info)
-            for r, (reward, info) in zip(requests, stepper(requests))
-        ]
+    class Run:  # steps without a log
+        def step(self, round_index, phase, requests, shard):
+            return [
+                StepRecord(round_index, phase, r.context_index, r.sample, r.prompt, r.self_edit, reward, info)
+                for r, (reward, info) in zip(requests, stepper(requests))
+            ]
 
-    reward = EnvReward(Round(1, [0, 1], [], seed=0, step_fn=step, propose_fn=None), signal="reward")
+    reward = EnvReward(Round(1, [0, 1], [], seed=0, run=Run()), signal="reward")
     prompts = [[{"role": "user", "content": f"Write about {word}."}] for word in ("bread", "apple", "bread", "apple")]
     completions = [[{"role": "assistant", "content": text}] for text in ("apple", "apple", "bread bread", "bread")]
     assert reward(prompts=prompts, completions=completions, context_index=[1, 0, 1, 0]) == [0.0, 1.0, 1.0, 0.0]
