@@ -279,7 +279,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             neutral += self.neutral_prompts(passage)
             golds += [q.answers[0] for q in passage.questions]
             owners += [position] * len(passage.questions)
-        # One batch of all rows, so that every forward pass sees the rows in the order of the route.
+        # One batch of all rows, so that every forward pass sees the rows in the order of ``owners``.
         with route(owners):
             predictions = [
                 out[0].strip()
@@ -287,11 +287,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
                     model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens, batch_size=len(prompts)
                 )
             ]
-        with route(owners + owners):
-            likelihoods = answer_log_likelihoods(
-                model, self.tokenizer, prompts + neutral, golds + golds, batch_size=2 * len(prompts)
-            )
-        conditional, unconditional = likelihoods[: len(prompts)], likelihoods[len(prompts) :]
+            conditional = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
+            unconditional = answer_log_likelihoods(model, self.tokenizer, neutral, golds, batch_size=len(prompts))
         evaluations, start = [], 0
         for passage in passages:
             end = start + len(passage.questions)
