@@ -45,9 +45,9 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from _common import ResultLog, bootstrap_ci, file_digest, load_generator, run_environment, write_json
 from _knowledge_report import METRICS, markdown_continual, markdown_results, plot_bars, plot_heat_maps
+from seal_env.config_cli import add_option, dataclass_options, given_options
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
@@ -94,6 +95,15 @@ PAPER_RESULTS = {
 }
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` for ``--shard``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/2), got {text!r}") from None
+    return index, count
+
+
 @dataclass
 class BenchmarkConfig:
     """Settings of a run; the command line maps one to one onto these fields."""
@@ -102,18 +112,18 @@ class BenchmarkConfig:
     """Passages JSON (the layout of squad_eval_passages.json; optional ``self_edits`` sets)."""
     out: Path
     """Folder for the resumable logs and the outputs."""
-    mode: str = "single"
+    mode: Literal["single", "cpt", "continual"] = "single"
     """``single``, ``cpt`` or ``continual``."""
     limit: int | None = None
     """single mode: use the first N passages (default: all)."""
     n_passages: int | None = None
     """cpt / continual modes: how many passages (the first N; default 10 / 8)."""
-    rows: list[str] | None = None
-    """Row keys to run (default: every row available)."""
+    rows: list[str] | None = field(default=None, metadata={"parse": lambda text: [k.strip() for k in text.split(",") if k.strip()]})
+    """Row keys to run, comma-separated on the command line (default: every row available)."""
     self_edits_per_passage: int = 1
     """K: self-edits used per passage and row (single mode: K updates, scores averaged)."""
-    shard: tuple[int, int] | None = None
-    """single mode: ``(i, n)`` runs only the passages whose index is ``i`` modulo ``n``, so that n
+    shard: tuple[int, int] | None = field(default=None, metadata={"parse": parse_shard})
+    """single mode, ``I/N`` on the command line: ``(i, n)`` runs only the passages whose index is ``i`` modulo ``n``, so that n
     worker processes on one ``--out`` folder share the work (they append to the same logs). A
     worker writes no outputs while other shards are unfinished; the last one to finish does, as
     does a later run without a shard."""
@@ -122,7 +132,7 @@ class BenchmarkConfig:
     checkpoint folder; adds the ``generator`` row."""
     model: str | None = None
     """Inner model: ``None`` for the embedded default, else a Hugging Face id or local folder."""
-    inner_loop: str = "default"
+    inner_loop: Literal["default", "seal"] = "default"
     """``default`` (InnerLoopConfig(): tuned for the small CPU model) or ``seal`` (the paper's)."""
     seed: int = 0
     """Seeds self-edit sampling (passage i uses seed + i) and the bootstrap."""
@@ -133,12 +143,12 @@ class BenchmarkConfig:
     max_answer_tokens: int = 24
     """Greedy answer length at evaluation."""
     bootstrap_resamples: int = 10_000
+    """Bootstrap resamples of every interval."""
     device: str | None = None
     """Default: CUDA when present, else CPU."""
     threads: int | None = None
     """CPU threads for torch (default: torch's choice, one per core). On a CPU shared with other
-    work use 1: with 2 threads on 2 busy cores each operation waits for a descheduled thread, and
-    an evaluation took 99 s instead of 10 s (measured at load average 7)."""
+    work use 1: with 2 threads on 2 busy cores each operation waits for a descheduled thread."""
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
@@ -638,39 +648,18 @@ class Benchmark:
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` for ``--shard``."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/2), got {text!r}") from None
-    return index, count
-
-
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="passages JSON (e.g. ../shared/data/squad_eval_passages.json)")
-    p.add_argument("--out", type=Path, required=True, help="folder for logs (resumable) and outputs")
-    p.add_argument("--mode", choices=MODES, default="single")
-    p.add_argument("--limit", type=int, help="single mode: the first N passages (default: all)")
-    p.add_argument("--n-passages", type=int, help="cpt/continual: number of passages (default: cpt 10, continual 8)")
-    p.add_argument("--rows", help="comma-separated row keys (base, passage, untrained, the file's self-edit sets, generator)")
-    p.add_argument("--self-edits-per-passage", type=int, default=1, help="K self-edits per passage and row (single: K updates, averaged)")
-    p.add_argument("--shard", type=parse_shard, help="I/N: single mode, run only passages with index %% N == I (N workers share one --out)")
-    p.add_argument("--generator", type=Path, help="trained generator: PEFT adapter folder (or full checkpoint); adds the 'generator' row")
-    p.add_argument("--model", help="inner model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--inner-loop", choices=("default", "seal"), default="default", help="LoRA update settings")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample-tokens", type=int, default=256, help="longest sampled self-edit (tokens)")
-    p.add_argument("--temperature", type=float, default=1.0, help="self-edit sampling temperature")
-    p.add_argument("--max-answer-tokens", type=int, default=24)
-    p.add_argument("--bootstrap-resamples", type=int, default=10_000)
-    p.add_argument("--device", help="default: CUDA when present, else CPU")
-    p.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a CPU shared with other work)")
-    args = p.parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k != "rows"}
-    rows = [key.strip() for key in args.rows.split(",") if key.strip()] if args.rows else None
-    return BenchmarkConfig(**fields, rows=rows)
+    """The command line is :class:`BenchmarkConfig` (one option per field, help from its docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options = dataclass_options(BenchmarkConfig)
+    group = parser.add_argument_group("settings")
+    for option in options:
+        add_option(group, option, f"{option.help} (default: {option.default})")
+    values = given_options(parser.parse_args(argv), options)
+    missing = [f"--{name}" for name in ("data", "out") if name not in values]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return BenchmarkConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 As in TRL's ``HfArgumentParser``, but for this project's style of a docstring under each field (and
 TRL's ``metadata["help"]``). An option that is not given is absent from the parsed namespace, so
 that only the given ones are passed to the dataclass and the defaults live in one place. A nested ``inner_loop`` field
-(:class:`~seal_env.inner_loop.InnerLoopConfig`) is flattened into ``--inner-*`` options.
+(:class:`~seal_env.inner_loop.InnerLoopConfig`) is flattened into ``--inner-*`` options, and a field
+of another type names its parser in ``field(metadata={"parse": fn})``.
 Used by ``seal-env demo``, ``seal-env train`` (``agents.cli``) and the benchmark scripts.
 """
 
@@ -90,12 +91,13 @@ def dataclass_options(cls: type, defaults: Any = None, *, nested: bool = False) 
     options = []
     for f in fields(cls):
         default = getattr(defaults, f.name) if defaults is not None else _default(f)
-        if f.name == "inner_loop":
+        if f.name == "inner_loop" and is_dataclass(hints[f.name]):
             options.extend(
                 o._replace(dest=INNER_PREFIX + o.dest) for o in dataclass_options(hints[f.name], default, nested=True)
             )
             continue
-        kind, choices = _argument_type(hints[f.name])
+        # A field whose type argparse cannot build names its own parser: field(metadata={"parse": fn}).
+        kind, choices = (f.metadata["parse"], None) if "parse" in f.metadata else _argument_type(hints[f.name])
         options.append(Option(f.name, kind, choices, default, docs.get(f.name, ""), nested))
     return options
 

@@ -346,3 +346,4 @@ def test_command_line_maps_onto_the_config_and_reports_bad_input(data_file, tmp_
         bench.parse_args(["--data", str(data_file), "--out", str(tmp_path), "--shard", "one"])
     assert bench.main(["--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
     assert "no such passages file" in capsys.readouterr().err
+
