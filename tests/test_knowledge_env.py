@@ -253,3 +253,20 @@ def test_answer_pmi_is_the_question_likelihood_minus_the_neutral_one(tiny_lm):
     env.reset(options={"index": 0})
     _, reward, _, _, info = env.step(SELF_EDIT)
     assert info["gain"] == pytest.approx(info["metrics"]["answer_pmi"] - info["baseline_metrics"]["answer_pmi"])
+
+
+@pytest.mark.parametrize("metric", ["log_likelihood", "answer_pmi"])
+def test_skipping_answer_generation_leaves_the_dense_reward_and_score_unchanged(tiny_lm, metric):
+    results = []
+    for generation in (True, False):
+        env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, reward_metric=metric,
+                                        answer_generation=generation, max_answer_tokens=4)
+        env.reset(options={"index": 0})
+        _, reward, _, _, info = env.step(SELF_EDIT)
+        results.append((reward, info))
+    (reward, full), (skipped_reward, skipped) = results
+    assert skipped_reward == reward and skipped["score"] == full["score"] and skipped["baseline_score"] == full["baseline_score"]
+    assert set(skipped["metrics"]) == {"log_likelihood", "answer_pmi"} and "contains" in full["metrics"]
+    assert "prediction" not in skipped["items"][0] and "prediction" in full["items"][0]
+    with pytest.raises(ValueError, match="answer_generation=False"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="f1", answer_generation=False)

@@ -67,6 +67,8 @@ QUESTION_SYSTEM_PROMPT = "Answer the question with a short phrase. Do not explai
 NEUTRAL_QUESTION = "What is the answer?"
 """The question of the neutral prompt that ``answer_pmi`` compares each real question with."""
 REWARD_METRICS = ("log_likelihood", "answer_pmi", "f1", "exact_match", "contains")
+DENSE_METRICS = ("log_likelihood", "answer_pmi")
+"""The reward metrics that need no generated answer."""
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-z][.)])(?:\s+|$)")
 
@@ -195,6 +197,11 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         question_topic: name the topic in each closed-book question ("Topic: {title}"), as SEAL's
             answer prompt does; a bare question is often ambiguous without its passage.
         max_answer_tokens: greedy answer length.
+        answer_generation: generate the greedy answers (default). ``False`` skips generation, the
+            larger part of an evaluation, when the reward metric needs no text (``log_likelihood``,
+            ``answer_pmi``): the reward and score are the same, but the text metrics (exact match,
+            F1, containment) are left out of ``metrics`` and the items have no ``prediction``. For
+            training steps; a held-out evaluation should keep every metric.
         **kwargs: see :class:`~seal_env.env.SelfAdaptEnv` (model, inner_loop, reward_margin, ...).
     """
 
@@ -210,12 +217,15 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         title_prefix: bool = False,
         question_topic: bool = False,
         max_answer_tokens: int = 24,
+        answer_generation: bool = True,
         **kwargs: Any,
     ):
         if self_edit_format not in SELF_EDIT_PROMPTS:
             raise ValueError(f"self_edit_format must be one of {sorted(SELF_EDIT_PROMPTS)}, got {self_edit_format!r}")
         if reward_metric not in REWARD_METRICS:
             raise ValueError(f"reward_metric must be one of {REWARD_METRICS}, got {reward_metric!r}")
+        if not answer_generation and reward_metric not in DENSE_METRICS:
+            raise ValueError(f"answer_generation=False needs a reward metric without text, one of {DENSE_METRICS}")
         if baseline not in ("base", "passage"):
             raise ValueError(f"baseline must be 'base' or 'passage', got {baseline!r}")
         if passages is None or isinstance(passages, (str, Path)):
@@ -229,6 +239,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         self.title_prefix = title_prefix
         self.question_topic = question_topic
         self.max_answer_tokens = max_answer_tokens
+        self.answer_generation = answer_generation
 
     def render_prompt(self, passage: Passage) -> str:
         return SELF_EDIT_PROMPTS[self.self_edit_format].format(title=passage.title, context=passage.context)
@@ -281,12 +292,14 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             owners += [position] * len(passage.questions)
         # One batch of all rows, so that every forward pass sees the rows in the order of ``owners``.
         with route(owners):
-            predictions = [
-                out[0].strip()
-                for out in generate(
-                    model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens, batch_size=len(prompts)
-                )
-            ]
+            predictions: list[str | None] = [None] * len(prompts)
+            if self.answer_generation:
+                predictions = [
+                    out[0].strip()
+                    for out in generate(
+                        model, self.tokenizer, prompts, max_new_tokens=self.max_answer_tokens, batch_size=len(prompts)
+                    )
+                ]
             conditional = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
             unconditional = answer_log_likelihoods(model, self.tokenizer, neutral, golds, batch_size=len(prompts))
         evaluations, start = [], 0
@@ -299,20 +312,23 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         return evaluations
 
     def _score(
-        self, passage: Passage, predictions: Sequence[str], log_likelihoods: Sequence[float], neutral: Sequence[float]
+        self,
+        passage: Passage,
+        predictions: Sequence[str | None],
+        log_likelihoods: Sequence[float],
+        neutral: Sequence[float],
     ) -> Evaluation:
-        items = [
-            {
-                "question": q.question,
-                "answers": list(q.answers),
-                "prediction": prediction,
-                "exact_match": exact_match(prediction, q.answers),
-                "f1": token_f1(prediction, q.answers),
-                "contains": contains_answer(prediction, q.answers),
-                "log_likelihood": ll,
-                "answer_pmi": ll - ll_neutral,
-            }
-            for q, prediction, ll, ll_neutral in zip(passage.questions, predictions, log_likelihoods, neutral)
-        ]
-        metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS}
+        items = []
+        for q, prediction, ll, ll_neutral in zip(passage.questions, predictions, log_likelihoods, neutral):
+            item: dict[str, Any] = {"question": q.question, "answers": list(q.answers)}
+            if prediction is not None:  # None: answers were not generated (answer_generation=False)
+                item.update(
+                    prediction=prediction,
+                    exact_match=exact_match(prediction, q.answers),
+                    f1=token_f1(prediction, q.answers),
+                    contains=contains_answer(prediction, q.answers),
+                )
+            item.update(log_likelihood=ll, answer_pmi=ll - ll_neutral)
+            items.append(item)
+        metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS if name in items[0]}
         return Evaluation(metrics[self.reward_metric], metrics, items)
