@@ -61,6 +61,7 @@ from _common import markdown_table, run_environment, write_json
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator
 
+from seal_env.config_cli import add_option, comma_list, dataclass_options, given_options
 from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, adapted, prepare_update, training_state_restored
 from seal_env.lm import TrainingExample, pack_batch, token_log_probs, tokenize_example
 from seal_env.models import load_model
@@ -86,7 +87,7 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
-def load_items(env: KnowledgeIncorporationEnv, args: argparse.Namespace) -> list[Item]:
+def load_items(env: KnowledgeIncorporationEnv, args: BenchConfig) -> list[Item]:
     """The self-edits: a generator's from ``--data``, else each built-in passage restated one
     sentence per line (a stand-in with the length of a real implications list)."""
     items = []
@@ -250,7 +251,7 @@ class Measurement:
 
 
 class Bench:
-    def __init__(self, env: KnowledgeIncorporationEnv, config: InnerLoopConfig, args: argparse.Namespace):
+    def __init__(self, env: KnowledgeIncorporationEnv, config: InnerLoopConfig, args: BenchConfig):
         self.env, self.config, self.args = env, config, args
         self.model, self.tokenizer = env.model, env.tokenizer
         self.device = next(self.model.parameters()).device
@@ -428,48 +429,67 @@ def summarise(name: str, runs: list[Measurement], peak_gflops: float) -> dict[st
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--quick", action="store_true", help="a run of a few minutes: 1 round, 2 epochs, 3 lines per self-edit, 12-token answers, 1 thread"
-    )
-    p.add_argument("--json", type=Path, default=Path("results/inner_loop.json"), help="where to write the results")
-    p.add_argument("--data", type=Path, help="passages JSON with self_edits (e.g. ../shared/data/squad_eval_passages.json)")
-    p.add_argument("--generator", default="seal-iter2-qwen2.5-7b", help="whose self-edits to take from --data")
-    p.add_argument("--model", help="inner model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--self-edits", type=int, default=8, help="distinct self-edits (at least the largest K)")
-    p.add_argument("--max-lines", type=int, help="keep at most this many lines (training sequences) per self-edit")
-    p.add_argument("--epochs", type=int, help="inner-loop epochs (default: InnerLoopConfig's)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds; medians are over rounds (default 3; --quick: 1)")
-    p.add_argument("--ks", default="1,2,4,8", help="multi_lora sizes K")
-    p.add_argument(
-        "--sequential-items",
-        type=int,
-        help="self-edits per round for (b) and small K (default: the largest K, so that (b) and (c) time the same self-edits)",
-    )
-    p.add_argument("--reference-items", type=int, default=1, help="self-edits per round for the reference recipe")
-    p.add_argument(
-        "--reference-max-length", type=int, help=f"reference padding length (default 256; --quick: 128; SEAL: {SEAL_MAX_LENGTH})"
-    )
-    p.add_argument("--max-answer-tokens", type=int, help="greedy answer length in evaluation (default 24; --quick: 12)")
-    p.add_argument("--max-batch-tokens", type=int, help="multi_lora tokens packed into one training pass (default: by device)")
-    p.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
-    args = p.parse_args(argv)
-    # Explicit options win over the presets.
-    # --quick runs on one thread: on a shared CPU two threads per process fight for the cores and a
-    # quick run took 12 min instead of 2-4 (measured); --threads overrides it.
-    preset = dict(rounds=1, epochs=2, max_lines=3, max_answer_tokens=12, reference_max_length=128, threads=1) if args.quick else dict(
-        rounds=3, max_answer_tokens=24, reference_max_length=256
-    )
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.ks = sorted({int(k) for k in args.ks.split(",")})
-    # Self-edits differ in length: timing (b) on other self-edits than (c) biased the ratio (by ~3%
-    # in one run, where (b) saw 5.7 lines per self-edit and K=8 5.5).
-    args.sequential_items = args.sequential_items or max(args.ks)
-    return args
+@dataclass
+class BenchConfig:
+    """Settings of a run; the command line maps one to one onto these fields."""
+
+    quick: bool = False
+    """A run of a few minutes: 1 round, 2 epochs, 3 lines per self-edit, 12-token answers, 1 thread."""
+    json: Path = Path("results/inner_loop.json")
+    """Where to write the results."""
+    data: Path | None = None
+    """Passages JSON with self_edits (e.g. ../shared/data/squad_eval_passages.json)."""
+    generator: str = "seal-iter2-qwen2.5-7b"
+    """Whose self-edits to take from --data."""
+    model: str | None = None
+    """Inner model (default: the embedded SmolLM2-135M-Instruct)."""
+    self_edits: int = 8
+    """Distinct self-edits (at least the largest K)."""
+    max_lines: int | None = None
+    """Keep at most this many lines (training sequences) per self-edit (--quick: 3)."""
+    epochs: int | None = None
+    """Inner-loop epochs (default: InnerLoopConfig's; --quick: 2)."""
+    rounds: int | None = None
+    """Interleaved rounds; medians are over rounds (default 3; --quick: 1)."""
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"parse": comma_list(int)})
+    """Comma-separated multi_lora sizes K."""
+    sequential_items: int | None = None
+    """Self-edits per round for (b) and small K (default: the largest K, so that (b) and (c) time the
+    same self-edits: self-edits differ in length, and timing others biased the ratio)."""
+    reference_items: int = 1
+    """Self-edits per round for the reference recipe."""
+    reference_max_length: int | None = None
+    """Reference padding length (default 256; --quick: 128; SEAL pads to SEAL_MAX_LENGTH)."""
+    max_answer_tokens: int | None = None
+    """Greedy answer length in evaluation (default 24; --quick: 12)."""
+    max_batch_tokens: int | None = None
+    """multi_lora tokens packed into one training pass (default: by device)."""
+    peak_size: int = 2048
+    """Matrix size of the matmul peak measurement."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice; --quick: 1, since two threads per process fight for
+    a shared CPU's cores)."""
+
+    def __post_init__(self) -> None:
+        # Explicit options win over the presets.
+        preset = dict(rounds=1, epochs=2, max_lines=3, max_answer_tokens=12, reference_max_length=128, threads=1) if self.quick else dict(
+            rounds=3, max_answer_tokens=24, reference_max_length=256
+        )
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self.ks = sorted(set(self.ks))
+        self.sequential_items = self.sequential_items or max(self.ks)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    """The command line is :class:`BenchConfig` (one option per field, help from its docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options = dataclass_options(BenchConfig)
+    group = parser.add_argument_group("settings")
+    for option in options:
+        add_option(group, option, f"{option.help} (default: {option.default})")
+    return BenchConfig(**given_options(parser.parse_args(argv), options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

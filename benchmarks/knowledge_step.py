@@ -23,12 +23,15 @@ import platform
 import resource
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv
+from seal_env.config_cli import add_option, dataclass_options, given_options
 from seal_env.lm import sample_self_edits
 from seal_env.tasks.knowledge import REWARD_METRICS
 
@@ -39,15 +42,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def main() -> int:
+@dataclass
+class StepBenchConfig:
+    """Settings of a run; the command line maps one to one onto these fields."""
+
+    passages: int = 6
+    """How many built-in passages."""
+    samples: int = 3
+    """Self-edits sampled per passage."""
+    temperature: float = 0.7
+    """Sampling temperature of the self-edits."""
+    max_new_tokens: int = 160
+    """Longest sampled self-edit, in tokens."""
+    json: str = "results/knowledge_step.json"
+    """Where to write the results."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--passages", type=int, default=6, help="how many built-in passages")
-    parser.add_argument("--samples", type=int, default=3, help="self-edits sampled per passage")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--json", default="results/knowledge_step.json", help="where to write the results")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args()
+    options = dataclass_options(StepBenchConfig)
+    group = parser.add_argument_group("settings")
+    for option in options:
+        add_option(group, option, f"{option.help} (default: {option.default})")
+    args = StepBenchConfig(**given_options(parser.parse_args(argv), options))
     if args.threads:
         torch.set_num_threads(args.threads)
 
