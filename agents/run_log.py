@@ -7,7 +7,7 @@ from typing import Any
 
 from agents.base import StepRecord
 from agents.train_config import LOG_FILE
-from seal_env.jsonl import append_jsonl, read_jsonl
+from seal_env.jsonl import JsonlLog, append_jsonl
 
 
 class RunLog:
@@ -28,11 +28,11 @@ class RunLog:
 
     def read(self, *, repair: bool = True) -> None:
         """Load every log file of the run (all processes' step logs). A last line cut off by a crash
-        is handled as :func:`seal_env.jsonl.read_jsonl` says, and with ``repair`` the file is fixed
+        is handled as :class:`seal_env.jsonl.JsonlLog` does, and with ``repair`` the file is fixed
         (a reader that must not write, or a run still writing, passes ``repair=False``); any other
         malformed line is an error."""
         for path in sorted(self.directory.glob("steps*.jsonl")):
-            for entry in read_jsonl(path, repair=repair):
+            for entry in JsonlLog(path, repair=repair).records:
                 kind = entry.pop("kind") if isinstance(entry, dict) else None
                 if kind == "step":
                     record = StepRecord(**entry)

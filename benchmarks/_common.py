@@ -5,9 +5,10 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 
 * :func:`bootstrap_ci` - percentile bootstrap interval of a (weighted) mean, resampling units such as
   passages or tasks (a cluster bootstrap when the weights are question counts).
-* :class:`ResultLog` - an append-only JSON-lines file whose first line is the run's configuration:
-  a benchmark appends one record per finished unit of work and, when restarted on the same folder,
-  skips every unit already in the log. A log written under another configuration is refused.
+* :class:`ResultLog` - the project's resumable JSON-lines log (:class:`seal_env.jsonl.JsonlLog`)
+  keyed by unit: a benchmark appends one record per finished unit of work and, when restarted on
+  the same folder, skips every unit already in the log. A log written under another configuration
+  is refused.
 * :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from seal_env.jsonl import append_jsonl, read_jsonl
+from seal_env.jsonl import JsonlLog
 
 if TYPE_CHECKING:
     import torch
@@ -87,71 +88,48 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-class ResultLog:
-    """An append-only JSON-lines log of finished work units, for benchmarks that can be resumed.
+class ResultLog(JsonlLog):
+    """The resumable log of a benchmark: :class:`seal_env.jsonl.JsonlLog` with a ``{"config": ...}``
+    header and its records looked up by key.
 
-    The first line is ``{"config": {...}}``; every other line is one record (a JSON object). A record's
-    key is the tuple of its ``key_fields``; :meth:`get` and ``in`` look records up by key, so a
-    restarted benchmark skips what is done. Opening an existing log with a different configuration
-    raises ``ValueError`` naming the settings that differ (use another folder, or delete the log to
-    start over). A last line cut off by an interrupted write is handled by
-    :func:`seal_env.jsonl.read_jsonl`.
+    A record's key is the tuple of its ``key_fields``; :meth:`get` and ``in`` look records up by key,
+    so a restarted benchmark skips what is done. Opening an existing log with a different
+    configuration raises ``ValueError`` naming the settings that differ (use another folder, or
+    delete the log to start over).
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any], key_fields: Sequence[str]):
-        self.path = Path(path)
         self.key_fields = tuple(key_fields)
-        self.config = _normalise(config)
-        self._records: dict[tuple, dict[str, Any]] = {}
-        if self.path.exists():
-            self._load(repair=True)
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            append_jsonl(self.path, {"config": self.config})
-
-    def _load(self, *, repair: bool) -> None:
-        lines = read_jsonl(self.path, repair=repair)
-        if not lines:  # only an unfinished header was written
-            return
-        header = lines[0].get("config") if isinstance(lines[0], dict) else None
-        if header is None:
-            raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header")
-        if header != self.config:
-            differing = sorted(k for k in set(header) | set(self.config) if header.get(k) != self.config.get(k))
-            raise ValueError(
-                f"{self.path} was written with other settings ({', '.join(differing)} differ): "
-                "use another output folder, or delete the log to start over"
-            )
-        for record in lines[1:]:
-            self._records[self.key(record)] = record
+        self._index: dict[tuple, dict[str, Any]] = {}
+        super().__init__(path, config=_normalise(config))
 
     def key(self, record: dict[str, Any]) -> tuple:
         """The key of a record: the values of its ``key_fields``."""
         return tuple(record[field] for field in self.key_fields)
 
+    def reload(self, *, repair: bool = False) -> None:
+        super().reload(repair=repair)
+        self._index = {self.key(record): record for record in self.records}
+
     def __contains__(self, key: tuple[Hashable, ...]) -> bool:
-        return tuple(key) in self._records
+        return tuple(key) in self._index
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._index)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self._records.values())
+        return iter(self._index.values())
 
     def get(self, key: tuple[Hashable, ...]) -> dict[str, Any] | None:
-        return self._records.get(tuple(key))
+        return self._index.get(tuple(key))
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write ``record`` (JSON-serialisable, with every key field) and flush it to disk."""
+        """Write ``record`` (JSON-serialisable, with every key field) and flush it to disk; one write()
+        per line, so that shards sharing the log never interleave."""
         record = _normalise(record)
-        key = self.key(record)
-        append_jsonl(self.path, record)  # one write() per line: shards sharing the log never interleave
-        self._records[key] = record
-
-    def reload(self) -> None:
-        """Read the log again, taking in records that other processes appended since."""
-        self._records.clear()
-        self._load(repair=False)
+        key = self.key(record)  # every key field present, before anything is written
+        super().append(record)
+        self._index[key] = record
 
 
 def file_digest(path: Path) -> str:

@@ -72,3 +72,45 @@ def _write_all(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class JsonlLog:
+    """An append-only JSON-lines log that a restarted job reads back: the one resumable log of the
+    training run (``agents.run_log``) and of the benchmarks (``benchmarks/_common.ResultLog``).
+
+    Opening reads every record already there (:func:`read_jsonl`, repairing a cut-off last line
+    with ``repair``). With ``config``, the first line is a ``{"config": ...}`` header: a new log
+    starts with it, and an existing log written with other settings is refused with a
+    ``ValueError`` naming them (so that a job never resumes into another job's records).
+    """
+
+    def __init__(self, path: str | Path, *, config: dict[str, Any] | None = None, repair: bool = True):
+        self.path = Path(path)
+        self.config = config
+        self.records: list[Any] = []
+        if self.path.exists():
+            self.reload(repair=repair)
+        if config is not None and (not self.path.exists() or self.path.stat().st_size == 0):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_all(self.path, (json.dumps({"config": config}, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def reload(self, *, repair: bool = False) -> None:
+        """Read the log again (taking in what other processes appended since)."""
+        lines = read_jsonl(self.path, repair=repair)
+        if self.config is not None and lines:
+            header = lines[0].get("config") if isinstance(lines[0], dict) else None
+            if header is None:
+                raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header")
+            if header != self.config:
+                differing = sorted(k for k in set(header) | set(self.config) if header.get(k) != self.config.get(k))
+                raise ValueError(
+                    f"{self.path} was written with other settings ({', '.join(differing)} differ): "
+                    "use another output folder, or delete the log to start over"
+                )
+            lines = lines[1:]
+        self.records = lines
+
+    def append(self, record: Any) -> None:
+        """Write ``record`` as one line, flushed to disk, and keep it in :attr:`records`."""
+        append_jsonl(self.path, record)
+        self.records.append(record)
