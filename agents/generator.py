@@ -73,13 +73,23 @@ class GeneratorConfig:
             raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
 
 
-def trainer_device_args(model: torch.nn.Module) -> dict[str, bool]:
-    """Device-dependent settings of a TRL config. TRL turns bf16 on by default, which on CPU would run a
-    float32 model under bfloat16 autocast: use it only on CUDA devices that support it. Pinned memory
-    only helps (and only works without a warning) with CUDA. ``use_cpu`` lets several CPU processes
-    (``accelerate launch``/``torchrun``) train together over gloo."""
+def trainer_args(model: torch.nn.Module, config: GeneratorConfig, *, seed: int) -> dict[str, Any]:
+    """The settings every TRL trainer of a generator shares: the config's constant learning rate and
+    activation checkpointing, the round's seed, a log line per step and nothing saved or reported
+    (the runner checkpoints and logs), and the device-dependent ones. TRL turns bf16 on by default,
+    which on CPU would run a float32 model under bfloat16 autocast: it is used only on CUDA devices
+    that support it. Pinned memory only helps (and only works without a warning) with CUDA.
+    ``use_cpu`` lets several CPU processes (``accelerate launch``/``torchrun``) train together over gloo."""
     cuda = next(model.parameters()).device.type == "cuda"
     return {
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": "constant",
+        "activation_checkpointing": config.gradient_checkpointing,  # the new name of gradient_checkpointing
+        "seed": seed,
+        "data_seed": seed,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
         "bf16": cuda and torch.cuda.is_bf16_supported(),
         "fp16": False,
         "dataloader_pin_memory": cuda,

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import GRPOConfig, GRPOTrainer
 
 from agents.base import Round, StepRecord, StepRequest
-from agents.generator import GeneratorAgent, GeneratorConfig, quiet_progress, trainer_device_args
+from agents.generator import GeneratorAgent, GeneratorConfig, quiet_progress, trainer_args
 
 
 @dataclass
@@ -119,17 +119,9 @@ class GRPOAgent(GeneratorAgent):
                 max_completion_length=self.config.max_new_tokens,
                 temperature=self.config.temperature,
                 top_p=self.config.top_p,
-                learning_rate=self.config.learning_rate,
-                lr_scheduler_type="constant",
                 beta=self.config.beta,
                 epsilon=self.config.epsilon,
-                activation_checkpointing=self.config.gradient_checkpointing,  # the new name of gradient_checkpointing
-                seed=round.seed,
-                data_seed=round.seed,
-                logging_steps=1,
-                save_strategy="no",
-                report_to="none",
-                **trainer_device_args(self.model),
+                **trainer_args(self.model, self.config, seed=round.seed),
             )
             trainer = GRPOTrainer(
                 model=self.model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=self.tokenizer

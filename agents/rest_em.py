@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from agents.base import StepRecord
-from agents.generator import GeneratorAgent, GeneratorConfig, quiet_progress, trainer_device_args
+from agents.generator import GeneratorAgent, GeneratorConfig, quiet_progress, trainer_args
 
 
 @dataclass
@@ -102,16 +102,8 @@ class RestEMAgent(GeneratorAgent):
                 output_dir=scratch,
                 num_train_epochs=self.config.sft_epochs,
                 per_device_train_batch_size=self.config.sft_batch_size,
-                learning_rate=self.config.learning_rate,
-                lr_scheduler_type="constant",
                 max_length=self.config.sft_max_length,
-                activation_checkpointing=self.config.gradient_checkpointing,  # the new name of gradient_checkpointing
-                seed=seed,
-                data_seed=seed,
-                logging_steps=1,
-                save_strategy="no",
-                report_to="none",
-                **trainer_device_args(self.model),
+                **trainer_args(self.model, self.config, seed=seed),
             )
             trainer = SFTTrainer(model=self.model, args=args, train_dataset=dataset, processing_class=self.tokenizer)
             quiet_progress(trainer)

@@ -30,7 +30,6 @@ Example (the paper's 12 training tasks, small CPU budget)::
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
@@ -44,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import ResultLog, file_digest, load_generator, markdown_table, run_environment, write_json
-from seal_env.config_cli import add_option, comma_list, dataclass_options, given_options
+from seal_env.config_cli import comma_list, parse_config
 from seal_env.env import SelfEditError
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
@@ -399,15 +398,7 @@ def markdown_results(summary: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     """The command line is :class:`BenchmarkConfig` (one option per field, help from its docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options = dataclass_options(BenchmarkConfig)
-    group = parser.add_argument_group("settings")
-    for option in options:
-        add_option(group, option, f"{option.help} (default: {option.default})")
-    values = given_options(parser.parse_args(argv), options)
-    if "tasks" not in values:
-        parser.error("the following arguments are required: --tasks")
-    return BenchmarkConfig(**values)
+    return parse_config(BenchmarkConfig, argv, __doc__.split("\n\n")[0], required=("tasks",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

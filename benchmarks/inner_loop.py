@@ -45,7 +45,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import sys
@@ -61,7 +60,7 @@ from _common import markdown_table, run_environment, write_json
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator
 
-from seal_env.config_cli import add_option, comma_list, dataclass_options, given_options
+from seal_env.config_cli import comma_list, parse_config
 from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, adapted, prepare_update, training_state_restored
 from seal_env.lm import TrainingExample, pack_batch, token_log_probs, tokenize_example
 from seal_env.models import load_model
@@ -484,12 +483,7 @@ class BenchConfig:
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     """The command line is :class:`BenchConfig` (one option per field, help from its docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options = dataclass_options(BenchConfig)
-    group = parser.add_argument_group("settings")
-    for option in options:
-        add_option(group, option, f"{option.help} (default: {option.default})")
-    return BenchConfig(**given_options(parser.parse_args(argv), options))
+    return parse_config(BenchConfig, argv, __doc__.split("\n\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

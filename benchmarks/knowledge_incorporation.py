@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from _common import ResultLog, bootstrap_ci, file_digest, load_generator, run_environment, write_json
 from _knowledge_report import METRICS, markdown_continual, markdown_results, plot_bars, plot_heat_maps
-from seal_env.config_cli import add_option, dataclass_options, given_options
+from seal_env.config_cli import parse_config
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
@@ -650,16 +650,7 @@ class Benchmark:
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     """The command line is :class:`BenchmarkConfig` (one option per field, help from its docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options = dataclass_options(BenchmarkConfig)
-    group = parser.add_argument_group("settings")
-    for option in options:
-        add_option(group, option, f"{option.help} (default: {option.default})")
-    values = given_options(parser.parse_args(argv), options)
-    missing = [f"--{name}" for name in ("data", "out") if name not in values]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
-    return BenchmarkConfig(**values)
+    return parse_config(BenchmarkConfig, argv, __doc__.split("\n\n")[0], required=("data", "out"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

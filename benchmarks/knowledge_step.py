@@ -17,7 +17,6 @@ Usage: python benchmarks/knowledge_step.py [--passages 6] [--samples 3] [--json 
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -31,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv
-from seal_env.config_cli import add_option, dataclass_options, given_options
+from seal_env.config_cli import parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.tasks.knowledge import REWARD_METRICS
 
@@ -61,12 +60,7 @@ class StepBenchConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options = dataclass_options(StepBenchConfig)
-    group = parser.add_argument_group("settings")
-    for option in options:
-        add_option(group, option, f"{option.help} (default: {option.default})")
-    args = StepBenchConfig(**given_options(parser.parse_args(argv), options))
+    args = parse_config(StepBenchConfig, argv, __doc__.split("\n\n")[0])
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -45,7 +45,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -58,7 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import Interval, ResultLog, bootstrap_ci, markdown_table, run_environment, write_json
-from seal_env.config_cli import add_option, dataclass_options, given_options
+from seal_env.config_cli import parse_config
 from seal_env.env import Evaluation
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import sample_self_edits
@@ -468,17 +467,7 @@ def markdown_summary(summaries: Sequence[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> ValidityConfig:
     """The command line is :class:`ValidityConfig` (one option per field, help from its docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options = dataclass_options(ValidityConfig)
-    group = parser.add_argument_group("settings")
-    for option in options:
-        add_option(group, option, f"{option.help} (default: {option.default})")
-    args = parser.parse_args(argv)
-    values = given_options(args, options)
-    missing = [f"--{o.dest}" for o in options if o.dest == "data" and o.dest not in values]
-    if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
-    return ValidityConfig(**values)
+    return parse_config(ValidityConfig, argv, __doc__.split("\n\n")[0], required=("data",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import MISSING, Field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 INNER_PREFIX = "inner_"
 
@@ -129,3 +129,18 @@ def comma_list(kind: type = str):
 def given_options(args: argparse.Namespace, options: list[Option]) -> dict[str, Any]:
     """The values of the options that were given on the command line, by field name."""
     return {o.dest: getattr(args, o.dest) for o in options if getattr(args, o.dest, None) is not None}
+
+
+def parse_config(cls: type, argv: Sequence[str] | None, description: str, *, required: Sequence[str] = ()) -> Any:
+    """``cls`` built from the command line ``argv``: one option per field (help from its docstring,
+    default shown), only the given ones passed on; the fields in ``required`` must be given."""
+    parser = argparse.ArgumentParser(description=description)
+    options = dataclass_options(cls)
+    group = parser.add_argument_group("settings")
+    for option in options:
+        add_option(group, option, f"{option.help} (default: {option.default})")
+    values = given_options(parser.parse_args(argv), options)
+    missing = ["--" + name.replace("_", "-") for name in required if name not in values]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return cls(**values)
