@@ -11,7 +11,7 @@ evaluation (the same held-out contexts each round, never trained on):
 
 Prints a markdown table and writes it with the numbers as JSON::
 
-    python benchmarks/held_out_rounds.py runs/rest-em-long --out results/rest_em_long
+    python benchmarks/held_out_rounds.py --run-dir runs/rest-em-long --out results/rest_em_long
 
 It only reads: a last line cut short (a crash's, or one being written by a run still going) is
 ignored and left in the file, so it can also look at a run in progress (its finished rounds).
@@ -19,8 +19,8 @@ ignored and left in the file, so it can also look at a run in progress (its fini
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +29,7 @@ from _common import bootstrap_ci, format_interval, markdown_table, write_json
 
 from agents.base import EVAL, StepRecord
 from agents.runner import RunLog, step_score
+from seal_env.config_cli import parse_config
 
 
 def per_context_means(records: Sequence[StepRecord], value) -> dict[int, float]:
@@ -95,12 +96,20 @@ def markdown(summary: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+@dataclass
+class HeldOutConfig:
+    """Settings of a summary; the command line maps one to one onto these fields."""
+
+    run_dir: Path
+    """Output folder of a seal-env train run."""
+    out: Path | None = None
+    """Folder for held_out_rounds.json and .md (default: print only)."""
+    bootstrap_resamples: int = 10_000
+    """Bootstrap resamples of every interval."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="output folder of a seal-env train run")
-    parser.add_argument("--out", type=Path, help="folder for held_out_rounds.json and .md (default: print only)")
-    parser.add_argument("--bootstrap-resamples", type=int, default=10_000)
-    args = parser.parse_args(argv)
+    args = parse_config(HeldOutConfig, argv, __doc__.split("\n\n")[0], required=("run_dir",))
     try:
         summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
     except (ValueError, FileNotFoundError) as exc:

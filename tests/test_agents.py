@@ -215,7 +215,7 @@ def test_held_out_rounds_summary_agrees_with_the_run_metrics(rest_em_run, tmp_pa
         assert entry["score"]["mean"] == pytest.approx(metrics["eval/score"])
     difference = summary["rounds"][1]["score_vs_round_0"]["mean"]
     assert difference == pytest.approx(history[1]["eval/score"] - history[0]["eval/score"])
-    assert held_out_rounds.main([str(rest_em_run.directory), "--out", str(tmp_path), "--bootstrap-resamples", "200"]) == 0
+    assert held_out_rounds.main(["--run-dir", str(rest_em_run.directory), "--out", str(tmp_path), "--bootstrap-resamples", "200"]) == 0
     assert "Δ score vs round 0" in (tmp_path / "held_out_rounds.md").read_text(encoding="utf-8")
 
 
