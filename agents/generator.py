@@ -24,8 +24,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer
 
 from agents.base import Agent
-from seal_env.inner_loop import seeded_rng
-from seal_env.lm import sample_self_edits
+from seal_env.lm import sample_self_edits, seeded_rng
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

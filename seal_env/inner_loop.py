@@ -26,7 +26,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_env.lm import TokenizedExample, TrainingExample, pad_batch, token_log_probs, tokenize_example
+from seal_env.lm import TokenizedExample, TrainingExample, pad_batch, seeded_rng, token_log_probs, tokenize_example
 
 
 @dataclass
@@ -292,16 +292,6 @@ def train_lora(model: PeftModel, tokenizer: PreTrainedTokenizerBase, update: Pre
         result.error = DIVERGED.format(steps=result.steps)  # the last step can diverge after a finite loss
     result.seconds = time.perf_counter() - start
     return result
-
-
-@contextmanager
-def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Inside the block torch's global RNG (and ``device``'s, on CUDA) is seeded with ``seed``; on exit
-    the caller's random state is restored. For draws that PEFT and modules make from the global RNG
-    (LoRA initialisation, dropout), which take no generator argument."""
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 @contextmanager

@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +217,18 @@ def generate(
     return outputs
 
 
+@contextmanager
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Inside the block torch's global RNG (and ``device``'s, on CUDA) is seeded with ``seed`` (left
+    as it is for ``None``); on exit the caller's random state is restored either way. For draws that
+    PEFT, modules and ``generate`` make from the global RNG (LoRA initialisation, dropout, sampling),
+    which take no generator argument."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def sample_self_edits(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -234,10 +247,7 @@ def sample_self_edits(
     ``seed`` makes sampling reproducible without touching the caller's random state.
     """
     prompts = [chat_prompt(tokenizer, p) for p in observation_prompts]
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
+    with seeded_rng(seed, next(model.parameters()).device):
         return generate(
             model,
             tokenizer,

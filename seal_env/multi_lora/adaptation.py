@@ -25,10 +25,9 @@ from seal_env.inner_loop import (
     adapted,
     clip_grad_norms_,
     prepare_update,
-    seeded_rng,
     training_state_restored,
 )
-from seal_env.lm import pack_batch, token_log_probs
+from seal_env.lm import pack_batch, seeded_rng, token_log_probs
 from seal_env.multi_lora.packing import PackingStats, default_max_batch_tokens, keeps_packed_sequences_apart, pack_passes
 from seal_env.multi_lora.routing import MultiLoRALinear, Routing, Run, runs_of
 
