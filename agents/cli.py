@@ -20,11 +20,13 @@ import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
+import gymnasium as gym
+
 from agents.generator import GeneratorConfig
 from agents.grpo import GRPOAgent, GRPOAgentConfig
 from agents.rest_em import RestEMAgent, RestEMConfig
 from agents.runner import TrainConfig, TrainSetupError, agent_settings, check_run_folder, train
-from agents.stepping import make_env
+from agents.stepping import RayStepper, SequentialStepper, Stepper, WorkerLostError, make_env
 from seal_env.config_cli import INNER_PREFIX, Option, add_option, dataclass_options
 
 AGENTS: dict[str, tuple[type, type]] = {
@@ -106,13 +108,33 @@ def run_job(config: TrainConfig, agent_config: GeneratorConfig) -> list[dict[str
     device = pick_device(config.device)
     generator_model, tokenizer = load_model(config.model, device=device, shared=False)
     # The inner model is the shared frozen copy, or a private one that each round overwrites with the generator.
-    inner = load_model(config.model, device=device, shared=config.inner_model == "base")
-    env, stepper = make_env(
-        config.env, config.num_envs, model=inner, inner_loop=config.inner_loop, **json.loads(config.env_kwargs)
-    )
+    inner = None if config.env_url else load_model(config.model, device=device, shared=config.inner_model == "base")
+    env, stepper = make_stepping(config, inner)
     agent_cls, _ = AGENTS[config.agent]
     agent = agent_cls(generator_model, tokenizer, agent_config, seed=config.seed)
-    return train(agent, env, config, stepper=stepper)
+    try:
+        return train(agent, env, config, stepper=stepper)
+    finally:
+        if isinstance(stepper, RayStepper):
+            stepper.close()
+
+
+def make_stepping(config: TrainConfig, inner: Any) -> tuple[Any, Stepper]:
+    """The environment the job observes and the stepper it steps with: local (batched when it can),
+    on Ray actors (``ray_address``; the local env then only serves observations), or a served env."""
+    env_kwargs = json.loads(config.env_kwargs)
+    if config.env_url is not None:
+        from seal_env.serve import RemoteEnv
+
+        env = RemoteEnv(config.env_url)
+        return env, SequentialStepper(env)
+    if config.ray_address is None:
+        return make_env(config.env, config.num_envs, model=inner, inner_loop=config.inner_loop, **env_kwargs)
+    # Each actor loads its own inner model by name, on the device Ray gives it (unless --device says).
+    worker_kwargs = dict(model=config.model, inner_loop=config.inner_loop, device=config.device, **env_kwargs)
+    stepper = RayStepper(config.env, config.ray_workers, env_kwargs=worker_kwargs, num_envs=config.num_envs,
+                         address=config.ray_address)
+    return gym.make(config.env, model=inner, inner_loop=config.inner_loop, **env_kwargs), stepper
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -125,6 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
         run_job(config, agent_config)
     except TrainSetupError as exc:  # other errors inside training keep their traceback
         return _usage_error(exc)
+    except WorkerLostError as exc:  # the run's log holds every result before it: --resume goes on
+        print(f"seal-env train: error: {exc}", file=sys.stderr)
+        return 1
     from accelerate import PartialState
 
     if PartialState().is_main_process:

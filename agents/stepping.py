@@ -11,11 +11,15 @@ uninterrupted one did.
   (:class:`seal_env.vector.SelfAdaptVectorEnv`: the LoRA updates are trained in shared passes and
   the adapted models evaluated together).
 
+:class:`RayStepper` spreads the chunks over Ray actors, each holding its own inner model and
+  stepper on its own device (the ``ray`` extra: ``pip install "seal-env[ray]"``).
+
 :func:`make_env` builds the environment and the fastest stepper available for it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, Protocol, Sequence
 
 import gymnasium as gym
@@ -89,3 +93,106 @@ def make_env(env_id: str, num_envs: int = 1, **env_kwargs: Any) -> tuple[gym.Env
         vector_env.close()
     env = gym.make(env_id, **env_kwargs)
     return env, SequentialStepper(env)
+
+
+class StepWorker:
+    """What each :class:`RayStepper` actor holds: its own environment (its own inner model, loaded in
+    the actor's process on the device Ray gave it) and the fastest stepper for it."""
+
+    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict[str, Any]):
+        import seal_env  # noqa: F401  (registers the environments in the actor's process)
+
+        self.env, self.stepper = make_env(env_id, num_envs, **env_kwargs)
+
+    def step(self, requests: Sequence[StepRequest]) -> list[tuple[float, dict[str, Any]]]:
+        return list(self.stepper(requests))
+
+    def pid(self) -> int:
+        """The actor's process id (to watch or kill it)."""
+        return os.getpid()
+
+
+class RayStepper:
+    """Step requests on ``num_workers`` Ray actors (:class:`StepWorker`), ``num_envs`` at a time each.
+
+    A chunk of ``batch_size = num_workers * num_envs`` requests is cut, by position, into sub-chunks
+    of ``num_envs``, handed to the actors in turn; results come back in request order. Each actor
+    steps its sub-chunk exactly as a local :class:`VectorStepper` (or :class:`SequentialStepper` when
+    ``num_envs == 1``) would, so rewards and ``info`` are those of local stepping.
+
+    Each actor reserves one CPU and, when the cluster has GPUs, one GPU (its inner model is placed
+    there); ``resources`` overrides the reservation, e.g. ``{"num_gpus": 0.25}`` to pack four actors
+    on a GPU, or ``{"num_cpus": 4}``. When an actor's process dies, Ray restarts it (at most
+    ``max_restarts`` times over the stepper's life) and retries its pending sub-chunks there (the steps
+    are deterministic, so a retry returns what the first try would have); past that, the call raises
+    :class:`WorkerLostError` naming the requests, after the results before them were yielded (the
+    runner has logged them, and ``--resume`` steps the rest).
+
+    ``address`` is passed to ``ray.init`` unless Ray is already initialised: ``"local"`` (or None)
+    starts a local cluster, ``"auto"`` or ``"ray://host:10001"`` joins one.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_workers: int,
+        *,
+        env_kwargs: dict[str, Any] | None = None,
+        num_envs: int = 1,
+        resources: dict[str, float] | None = None,
+        address: str | None = None,
+        max_restarts: int = 3,
+    ):
+        if num_workers < 1 or num_envs < 1:
+            raise ValueError(f"num_workers and num_envs must be >= 1, got {num_workers} and {num_envs}")
+        try:
+            import ray
+        except ImportError:
+            raise ImportError('RayStepper needs Ray: pip install "seal-env[ray]"') from None
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=None if address in (None, "local") else address, include_dashboard=False)
+        reservation = {"num_cpus": 1, "num_gpus": 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0}
+        reservation.update(resources or {})
+        actor_class = ray.remote(max_restarts=max_restarts, max_task_retries=max_restarts)(StepWorker)
+        self.num_workers, self.num_envs = num_workers, num_envs
+        self.batch_size = num_workers * num_envs
+        self.workers = [
+            actor_class.options(**reservation).remote(env_id, num_envs, dict(env_kwargs or {}))
+            for _ in range(num_workers)
+        ]
+
+    def __call__(self, requests: Sequence[StepRequest]) -> Iterator[tuple[float, dict[str, Any]]]:
+        ray = self._ray
+        chunks = [list(requests[i : i + self.num_envs]) for i in range(0, len(requests), self.num_envs)]
+        futures = [self.workers[k % self.num_workers].step.remote(chunk) for k, chunk in enumerate(chunks)]
+        for chunk, future in zip(chunks, futures):
+            try:
+                results = ray.get(future)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                names = ", ".join(f"(context {r.context_index}, sample {r.sample})" for r in chunk)
+                raise WorkerLostError(
+                    f"the Ray worker stepping {names} died and could not be restarted ({type(exc).__name__}); "
+                    "the results before them are logged: rerun with --resume to step the rest"
+                ) from exc
+            yield from results
+
+    def worker_pids(self) -> list[int]:
+        """The process id of each actor."""
+        return self._ray.get([worker.pid.remote() for worker in self.workers])
+
+    def close(self) -> None:
+        """Stop the actors (the cluster stays up)."""
+        for worker in self.workers:
+            self._ray.kill(worker)
+        self.workers = []
+
+    def __enter__(self) -> "RayStepper":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class WorkerLostError(RuntimeError):
+    """A :class:`RayStepper` actor died and its requests could not be stepped elsewhere."""

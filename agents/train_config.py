@@ -63,12 +63,18 @@ class TrainConfig:
     """Device of the models (default: CUDA when available, else CPU)."""
     num_envs: int = 4
     """Self-edits stepped together through the batched vector environment (1: one after another)."""
+    ray_address: str | None = None
+    """Step on Ray actors: 'local' starts a local cluster, 'auto' or 'ray://HOST:10001' joins one (``seal-env[ray]``)."""
+    ray_workers: int = 2
+    """Ray actors stepping the environment (with ray_address), each with its own inner model and num_envs slots."""
+    env_url: str | None = None
+    """Step an environment served by ``seal-env serve`` at this URL instead of a local one (``seal-env[serve]``)."""
     inner_loop: InnerLoopConfig = field(default_factory=_fast_inner_loop)
     """The LoRA update of each environment step (smaller than the environment's default, for speed)."""
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("rounds", "contexts_per_round", "eval_contexts", "eval_samples", "num_envs"):
+        for name in ("rounds", "contexts_per_round", "eval_contexts", "eval_samples", "num_envs", "ray_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.inner_model not in ("base", "generator"):
@@ -82,6 +88,10 @@ class TrainConfig:
                 problems.append("env_kwargs must be a JSON object")
             elif {"model", "inner_loop"} & set(kwargs):
                 problems.append("env_kwargs cannot set model or inner_loop: use --model and the --inner-* options")
+        if self.ray_address is not None and self.env_url is not None:
+            problems.append("ray_address and env_url exclude each other: step on Ray workers or on a served env")
+        if (self.ray_address is not None or self.env_url is not None) and self.inner_model == "generator":
+            problems.append("inner_model 'generator' needs the environment in this process (no ray_address or env_url)")
         if isinstance(self.inner_loop, dict):
             self.inner_loop = InnerLoopConfig(**self.inner_loop)
         if problems:
@@ -189,5 +199,7 @@ def _changed_settings(saved: dict[str, Any], current: dict[str, Any], compare_ag
         # The same keyword arguments however they were spelled, and the device actually used.
         settings["env_kwargs"] = json.loads(settings.get("env_kwargs") or "{}")
         settings["device"] = str(pick_device(settings.get("device")))
-    ignored = ("resume", "output_dir")  # the folder may be named differently (a relative path, say)
+    # The folder may be named differently (a relative path, say); where the steps run does not change
+    # their results (agents.stepping), so a run may resume on other workers or another server.
+    ignored = ("resume", "output_dir", "ray_address", "ray_workers", "env_url")
     return sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
