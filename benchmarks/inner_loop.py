@@ -41,6 +41,9 @@ Usage::
     python benchmarks/inner_loop.py --quick --json results/inner_loop_quick.json
     python benchmarks/inner_loop.py --rounds 3 --json results/inner_loop.json
     python benchmarks/inner_loop.py --data ../shared/data/squad_eval_passages.json --json results/inner_loop_squad.json
+    # on a GPU machine without the weights (K up to 64 needs 64 self-edits, hence --data):
+    python benchmarks/inner_loop.py --random-weights --model ARCH_DIR --data ../shared/data/squad_eval_passages.json \
+        --self-edits 64 --ks 1,2,8,32,64 --rounds 2 --json results/inner_loop_cuda.json
 """
 
 from __future__ import annotations
@@ -442,6 +445,11 @@ class BenchConfig:
     """Whose self-edits to take from --data."""
     model: str | None = None
     """Inner model (default: the embedded SmolLM2-135M-Instruct)."""
+    random_weights: bool = False
+    """The model's architecture and tokenizer with random weights (timings need no trained weights;
+    --model may then be a folder holding only config.json and the tokenizer files)."""
+    device: str | None = None
+    """Where to run (default: CUDA when available, else CPU)."""
     self_edits: int = 8
     """Distinct self-edits (at least the largest K)."""
     max_lines: int | None = None
@@ -491,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device=args.device, random_weights=args.random_weights)
     passages = load_passages(args.data) if args.data else load_passages()
     env = KnowledgeIncorporationEnv(passages, model=(model, tokenizer), max_answer_tokens=args.max_answer_tokens)
     config = replace(InnerLoopConfig(), **({"epochs": args.epochs} if args.epochs else {}))
@@ -560,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reference_max_length": args.reference_max_length,
             "rounds": args.rounds,
             "quick": args.quick,
+            "random_weights": args.random_weights,
         },
         "methods": summaries,
         "ceiling": frozen_base,

