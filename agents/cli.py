@@ -132,8 +132,9 @@ def make_stepping(config: TrainConfig, inner: Any) -> tuple[Any, Stepper]:
         return make_env(config.env, config.num_envs, model=inner, inner_loop=config.inner_loop, **env_kwargs)
     # Each actor loads its own inner model by name, on the device Ray gives it (unless --device says).
     worker_kwargs = dict(model=config.model, inner_loop=config.inner_loop, device=config.device, **env_kwargs)
+    resources = None if config.ray_gpus_per_worker is None else {"num_gpus": config.ray_gpus_per_worker}
     stepper = RayStepper(config.env, config.ray_workers, env_kwargs=worker_kwargs, num_envs=config.num_envs,
-                         address=config.ray_address)
+                         resources=resources, address=config.ray_address)
     return gym.make(config.env, model=inner, inner_loop=config.inner_loop, **env_kwargs), stepper
 
 

@@ -67,6 +67,8 @@ class TrainConfig:
     """Step on Ray actors: 'local' starts a local cluster, 'auto' or 'ray://HOST:10001' joins one (``seal-env[ray]``)."""
     ray_workers: int = 2
     """Ray actors stepping the environment (with ray_address), each with its own inner model and num_envs slots."""
+    ray_gpus_per_worker: float | None = None
+    """GPUs each Ray actor reserves (default: 1 when the cluster has GPUs, else 0; 0.25 packs four per GPU)."""
     env_url: str | None = None
     """Step an environment served by ``seal-env serve`` at this URL instead of a local one (``seal-env[serve]``)."""
     inner_loop: InnerLoopConfig = field(default_factory=_fast_inner_loop)
@@ -88,6 +90,8 @@ class TrainConfig:
                 problems.append("env_kwargs must be a JSON object")
             elif {"model", "inner_loop"} & set(kwargs):
                 problems.append("env_kwargs cannot set model or inner_loop: use --model and the --inner-* options")
+        if self.ray_gpus_per_worker is not None and self.ray_gpus_per_worker < 0:
+            problems.append(f"ray_gpus_per_worker must be >= 0, got {self.ray_gpus_per_worker}")
         if self.ray_address is not None and self.env_url is not None:
             problems.append("ray_address and env_url exclude each other: step on Ray workers or on a served env")
         if (self.ray_address is not None or self.env_url is not None) and self.inner_model == "generator":
@@ -201,5 +205,5 @@ def _changed_settings(saved: dict[str, Any], current: dict[str, Any], compare_ag
         settings["device"] = str(pick_device(settings.get("device")))
     # The folder may be named differently (a relative path, say); where the steps run does not change
     # their results (agents.stepping), so a run may resume on other workers or another server.
-    ignored = ("resume", "output_dir", "ray_address", "ray_workers", "env_url")
+    ignored = ("resume", "output_dir", "ray_address", "ray_workers", "ray_gpus_per_worker", "env_url")
     return sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))

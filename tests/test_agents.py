@@ -384,3 +384,21 @@ def test_grpo_trains_the_default_model_for_a_few_steps_on_cpu(default_lm, tmp_pa
     assert all(m["eval/errors"] < 1 for m in history), "the default model writes usable self-edits"
     weights = load_file(tmp_path / "generator" / "adapter_model.safetensors")
     assert any("lora_B" in name and tensor.abs().sum() > 0 for name, tensor in weights.items()), "GRPO updated the adapter"
+
+
+def test_where_steps_run_is_checked_and_not_compared_on_resume(tmp_path):
+    with pytest.raises(ValueError, match="inner_model 'generator' needs the environment in this process"):
+        TrainConfig(ray_address="local", inner_model="generator")
+    with pytest.raises(ValueError, match="exclude each other"):
+        TrainConfig(ray_address="local", env_url="http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match="ray_workers must be >= 1"):
+        TrainConfig(ray_workers=0)
+    with pytest.raises(ValueError, match="ray_gpus_per_worker must be >= 0"):
+        TrainConfig(ray_gpus_per_worker=-0.5)
+    first = TrainConfig(output_dir=str(tmp_path), rounds=1)
+    check_run_folder(first)
+    (tmp_path / "config.json").write_text(json.dumps(first.to_dict()))
+    # The same run resumed on 4 Ray workers: the steps' results do not depend on where they ran.
+    check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True, ray_address="auto", ray_workers=4))
+    with pytest.raises(TrainSetupError, match="rounds"):
+        check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=2, resume=True))
