@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from dataclasses import replace
@@ -124,9 +125,11 @@ def make_stepping(config: TrainConfig, inner: Any) -> tuple[Any, Stepper]:
     on Ray actors (``ray_address``; the local env then only serves observations), or a served env."""
     env_kwargs = json.loads(config.env_kwargs)
     if config.env_url is not None:
-        from seal_env.serve import RemoteEnv
+        from seal_env.serve import TOKEN_ENV_VAR, RemoteEnv
 
-        env = RemoteEnv(config.env_url)
+        # The served env's settings are the server's; its token comes from the environment, as the
+        # server's does, never from the command line (where `ps` shows it to every user).
+        env = RemoteEnv(config.env_url, token=os.environ.get(TOKEN_ENV_VAR) or None)
         return env, SequentialStepper(env)
     if config.ray_address is None:
         return make_env(config.env, config.num_envs, model=inner, inner_loop=config.inner_loop, **env_kwargs)

@@ -70,7 +70,8 @@ class TrainConfig:
     ray_gpus_per_worker: float | None = None
     """GPUs each Ray actor reserves (default: 1 when the cluster has GPUs, else 0; 0.25 packs four per GPU)."""
     env_url: str | None = None
-    """Step an environment served by ``seal-env serve`` at this URL instead of a local one (``seal-env[serve]``)."""
+    """Step an environment served by ``seal-env serve`` at this URL instead of a local one (``seal-env[serve]``).
+    The server's settings (env kwargs, inner loop) apply; its token is read from $SEAL_ENV_TOKEN."""
     inner_loop: InnerLoopConfig = field(default_factory=_fast_inner_loop)
     """The LoRA update of each environment step (smaller than the environment's default, for speed)."""
 
@@ -90,6 +91,8 @@ class TrainConfig:
                 problems.append("env_kwargs must be a JSON object")
             elif {"model", "inner_loop"} & set(kwargs):
                 problems.append("env_kwargs cannot set model or inner_loop: use --model and the --inner-* options")
+            elif kwargs and self.env_url is not None:
+                problems.append("env_kwargs are the server's settings with env_url: give them to seal-env serve")
         if self.ray_gpus_per_worker is not None and self.ray_gpus_per_worker < 0:
             problems.append(f"ray_gpus_per_worker must be >= 0, got {self.ray_gpus_per_worker}")
         if self.ray_address is not None and self.env_url is not None:

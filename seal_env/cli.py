@@ -5,6 +5,8 @@ Subcommands:
 * ``seal-env demo`` – show a context, sample self-edits from a model, step the environment on each and
   print a table of rewards, scores and timings.
 * ``seal-env envs`` – list the registered environment ids.
+* ``seal-env serve`` – serve an environment over HTTP/WebSocket in the OpenEnv conventions
+  (:mod:`seal_env.serve`, the optional ``serve`` extra; step it with ``seal_env.serve.RemoteEnv``).
 * ``seal-env train`` – train a self-edit generator with an agent (ReST-EM or GRPO). It is added by the
   ``agents`` package (``agents.cli.add_train_command``) through the ``seal_env.commands`` entry-point
   group, which any installed package may extend with ``def command(subparsers) -> None``.
@@ -111,6 +113,15 @@ def _envs(_: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:  # imported here: the rest of seal_env never imports the optional serve extra
+        from seal_env.serve import serve_command
+    except ImportError as exc:  # openenv-core, fastapi or uvicorn is missing; the message says what to install
+        print(f"seal-env serve: {exc}", file=sys.stderr)
+        return 1
+    return serve_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seal-env", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     envs = sub.add_parser("envs", help="list the registered environment ids")
     envs.set_defaults(handler=_envs)
+
+    serve = sub.add_parser("serve", help="serve an environment over HTTP/WebSocket (OpenEnv conventions; needs seal-env[serve])",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve.add_argument("--env", default="seal_env/KnowledgeIncorporation-v0", help="registered environment id")
+    serve.add_argument("--env-kwargs", default="{}", help='environment keyword arguments as a JSON object, e.g. \'{"passages": "data.json"}\'')
+    serve.add_argument("--model", default=None, help="inner model: HF id or local path (default: the embedded SmolLM2-135M-Instruct)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every request (default: $SEAL_ENV_TOKEN, else none)")
+    serve.add_argument("--max-sessions", type=int, default=16, help="concurrent WebSocket sessions (they share one model)")
+    serve.set_defaults(handler=_serve)
 
     # Packages above this one add their subcommands (the agents package adds ``train``) through the
     # ``seal_env.commands`` entry-point group, so that the environments never import their users.

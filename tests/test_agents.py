@@ -391,6 +391,8 @@ def test_where_steps_run_is_checked_and_not_compared_on_resume(tmp_path):
         TrainConfig(ray_address="local", inner_model="generator")
     with pytest.raises(ValueError, match="exclude each other"):
         TrainConfig(ray_address="local", env_url="http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match="server's settings"):
+        TrainConfig(env_url="http://127.0.0.1:8000", env_kwargs='{"max_answer_tokens": 4}')
     with pytest.raises(ValueError, match="ray_workers must be >= 1"):
         TrainConfig(ray_workers=0)
     with pytest.raises(ValueError, match="ray_gpus_per_worker must be >= 0"):
