@@ -127,6 +127,8 @@ class ValidityConfig:
     """torch CPU threads (default: torch's choice)."""
 
     def __post_init__(self) -> None:
+        # The logs record the data's absolute path, so that a resumed run may spell it differently.
+        self.data = Path(self.data).resolve()
         if self.candidate not in CANDIDATES:
             raise ValueError(f"unknown candidate {self.candidate!r}; choose one of {', '.join(CANDIDATES)}")
         if self.limit < 2:
