@@ -10,6 +10,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
   the same folder, skips every unit already in the log. A log written under another configuration
   is refused.
 * :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
+* :func:`sentences`, :func:`restatement` - a passage split into sentences, and restated one per line
+  (the faithful stand-in self-edit several benchmarks step).
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
 
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +159,16 @@ def load_generator(path: Path, inner_model: torch.nn.Module) -> torch.nn.Module:
 
     model, _ = load_model(path, device=next(inner_model.parameters()).device, shared=False)
     return model
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a passage (split after ., ! or ? followed by space)."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
+def restatement(passage: str) -> str:
+    """The passage restated one sentence per line: a faithful self-edit of a real self-edit's length."""
+    return "\n".join(sentences(passage))
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -48,7 +48,6 @@ Usage::
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from _common import markdown_table, run_environment, write_json
+from _common import markdown_table, restatement, run_environment, write_json
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -85,10 +84,6 @@ class Item:
     examples: list[TrainingExample]
 
 
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-
-
 def load_items(env: KnowledgeIncorporationEnv, args: BenchConfig) -> list[Item]:
     """The self-edits: a generator's from ``--data``, else each built-in passage restated one
     sentence per line (a stand-in with the length of a real implications list)."""
@@ -100,7 +95,7 @@ def load_items(env: KnowledgeIncorporationEnv, args: BenchConfig) -> list[Item]:
                 continue
             self_edit = edits[0]
         else:
-            self_edit = "\n".join(sentences(passage.context))
+            self_edit = restatement(passage.context)
         examples = env.self_edit_to_examples(self_edit, passage)[: args.max_lines]
         items.append(Item(passage, examples))
         if len(items) == args.self_edits:

@@ -18,7 +18,6 @@ Usage: python benchmarks/ray_stepping.py [--steps 8] [--repeats 2] [--json resul
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from typing import Sequence
 import torch
 
 import seal_env  # noqa: F401  (registers the environments)
-from _common import markdown_table, run_environment, write_json
+from _common import markdown_table, restatement, run_environment, write_json
 from agents.base import StepRequest
 from agents.stepping import RayStepper, SequentialStepper, Stepper, make_env
 from agents.train_config import TrainConfig
@@ -55,10 +54,6 @@ class RayBenchConfig:
     """Inner model (default: the embedded SmolLM2-135M-Instruct)."""
     json: str = "results/ray_stepping/ray_stepping.json"
     """Where to write the results (a markdown table beside it)."""
-
-
-def restatement(passage: str) -> str:
-    return "\n".join(s.strip() for s in re.split(r"(?<=[.!?])\s+", passage) if s.strip())
 
 
 def timed(stepper: Stepper, requests: Sequence[StepRequest]) -> tuple[float, list[tuple[float, float | None]]]:

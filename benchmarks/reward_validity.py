@@ -46,7 +46,6 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,7 +55,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import Interval, ResultLog, bootstrap_ci, markdown_table, run_environment, write_json
+from _common import (Interval, ResultLog, bootstrap_ci, markdown_table, restatement, run_environment, sentences,
+                     write_json)
 from seal_env.config_cli import parse_config
 from seal_env.env import Evaluation
 from seal_env.inner_loop import InnerLoopConfig
@@ -135,15 +135,6 @@ class ValidityConfig:
             raise ValueError("--limit must be >= 2 (the controls need another passage)")
         if self.samples < 1:
             raise ValueError("--samples must be >= 1")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of a passage (split after ., ! or ? followed by space)."""
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
-
-
-def restatement(passage: Passage) -> str:
-    return "\n".join(sentences(passage.context))
 
 
 def shuffled_words(passage: Passage, seed: int) -> str:
@@ -235,10 +226,10 @@ class RewardValidity:
         """Every self-edit stepped for passage ``index``, by kind."""
         passage = self.passages[index]
         other = self.passages[(index + 1) % len(self.passages)]
-        edits = {"restatement": restatement(passage)}
+        edits = {"restatement": restatement(passage.context)}
         edits.update({name: passage.self_edits[name][0] for name in self.external_sets if passage.self_edits.get(name)})
         edits.update({f"untrained-{k}": text for k, text in enumerate(self.untrained_self_edits(index))})
-        edits["junk-other"] = restatement(other)
+        edits["junk-other"] = restatement(other.context)
         edits["junk-shuffled"] = shuffled_words(passage, self.config.seed + index)
         return edits
 

@@ -37,7 +37,7 @@ def data_file(tmp_path):
 
 def test_restatement_and_shuffled_junk_keep_the_passage_size():
     passage = rv.load_passages(None)[0]
-    restated = rv.restatement(passage)
+    restated = rv.restatement(passage.context)
     assert restated.splitlines() == rv.sentences(passage.context) and len(restated.splitlines()) >= 2
     junk = rv.shuffled_words(passage, seed=0)
     assert sorted(junk.split()) == sorted(passage.context.split()) and junk != restated.replace("\n", " ")

@@ -487,3 +487,20 @@ def test_nothing_else_in_seal_env_imports_the_serve_extra():
         if bad:
             offenders[str(path.relative_to(ROOT))] = bad
     assert offenders == {}
+
+
+def test_serve_overhead_benchmark_reports_both_kinds_of_step(tiny_model_dir, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import serve_overhead
+
+    out = tmp_path / "serve_overhead.json"
+    assert serve_overhead.main(["--model", str(tiny_model_dir), "--contexts", "2", "--repeats", "2",
+                                "--json", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["same_rewards_and_scores"] is True  # the served env is the in-process one, stepped remotely
+    assert set(result["kinds"]) == {"update", "rejected"}
+    for row in result["kinds"].values():
+        assert len(row["local_seconds"]["all"]) == len(row["remote_seconds"]["all"]) == 4
+        overhead = row["overhead_seconds"]
+        assert overhead["low"] <= overhead["mean"] <= overhead["high"]
+    assert "overhead" in out.with_suffix(".md").read_text(encoding="utf-8")
