@@ -101,10 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, rows in preset_rows.items()
     }
     ok = [r for r in records if r["error"] is None]
+    measured = [m for m in REWARD_METRICS if ok and m in ok[0]["metrics"]]  # the controlled one needs controls
     rates = {
-        baseline: {
-            m: statistics.fmean(float(r["metrics"][m] > r[key][m]) for r in ok) if ok else None for m in REWARD_METRICS
-        }
+        baseline: {m: statistics.fmean(float(r["metrics"][m] > r[key][m]) for r in ok) for m in measured}
         for baseline, key in (("base", "base"), ("passage", "passage_baseline"))
     }
     timing = {
@@ -132,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:>8}: log-likelihood gain {row['median_log_likelihood_gain']:+.2f} in {row['median_train_seconds']:.1f} s of training")
     print("\nfraction of self-edits rewarded (score > baseline)")
     print(f"{'metric':>15}  {'vs base model':>13}  {'vs passage-trained':>18}")
-    for m in REWARD_METRICS:
+    for m in measured:
         base_rate, passage_rate = rates["base"][m], rates["passage"][m]
         print(f"{m:>15}  {base_rate:>13.2f}  {passage_rate:>18.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ For each passage the environment is stepped, exactly as an agent steps it, on
 * two junk controls: ``junk-other`` (the restatement of a different passage) and ``junk-shuffled``
   (the passage's words in a random order).
 
-The environment's evaluation is extended by one number: the gold-answer log-likelihood on the
-questions of a *control* passage (another passage of the data), which an update should not move.
+The environment also scores the gold-answer log-likelihood on the questions of a *control* passage
+(another passage of the data, its ``control_passages=1``), which an update should not move.
 Every self-edit is stepped under inner-loop seed 0; those of the first ``--retest-limit`` passages
 also under seed 1.
 
@@ -32,6 +32,11 @@ The JSON holds, each as a number or ``{mean, low, high}`` with a 95% bootstrap i
 ``length_partial_r``
     multiple correlation R of the dense gain with the number of training lines and of training
     tokens (0: length buys no reward).
+
+For a candidate whose reward is not damage-controlled already, the JSON's ``damage_controlled`` holds
+the same statistics of the same steps with each gain replaced by its damage-controlled form (the gain
+minus the control passage's change): what ``reward_metric="controlled_log_likelihood"`` would have
+rewarded, computed from the logged numbers without stepping again.
 
 Candidates (``--candidate``) are named settings of the environment and its inner loop; see
 :data:`CANDIDATES`. Each step is appended to ``<out>/<candidate>.log.jsonl`` (the same command
@@ -58,11 +63,9 @@ from tqdm.auto import tqdm
 from _common import (Interval, ResultLog, bootstrap_ci, markdown_table, restatement, run_environment, sentences,
                      write_json)
 from seal_env.config_cli import parse_config
-from seal_env.env import Evaluation
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
-from seal_env.scoring import answer_log_likelihoods
 from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
 
 SEAL_SET = "seal-iter2-qwen2.5-7b"
@@ -85,8 +88,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "pmi": {"reward_metric": "answer_pmi"},
     "pmi-topic-title": {"reward_metric": "answer_pmi", "question_topic": True, "title_prefix": True},
     "pmi-lr-3e-4": {"reward_metric": "answer_pmi", "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
+    "controlled": {"reward_metric": "controlled_log_likelihood"},
+    "controlled-3": {"reward_metric": "controlled_log_likelihood", "control_passages": 3},
+    "controlled-train-preset": {"reward_metric": "controlled_log_likelihood", "inner_loop": _TRAIN_PRESET},
 }
-"""Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config)."""
+"""Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
+``control_passages`` is 1 unless a candidate sets it)."""
+CONTROLLED = "controlled_log_likelihood"
 
 TARGETS = {
     "restatement_positive_fraction": (">=", 0.95),
@@ -150,24 +158,6 @@ def shuffled_words(passage: Passage, seed: int) -> str:
     return "\n".join(line for line in lines if line)
 
 
-class ControlledKnowledgeEnv(KnowledgeIncorporationEnv):
-    """The knowledge environment, whose evaluation also reports the gold-answer log-likelihood on a
-    control passage's questions (``metrics["control_log_likelihood"]``); the reward is unchanged."""
-
-    def __init__(self, *args: Any, control_of: Callable[[Passage], Passage], **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.control_of = control_of
-
-    def evaluate(self, model: torch.nn.Module, passage: Passage) -> Evaluation:
-        evaluation = super().evaluate(model, passage)
-        control = self.control_of(passage)
-        likelihoods = answer_log_likelihoods(
-            model, self.tokenizer, self.question_prompts(control), [q.answers[0] for q in control.questions]
-        )
-        evaluation.metrics["control_log_likelihood"] = float(np.mean(likelihoods))
-        return evaluation
-
-
 class RewardValidity:
     def __init__(self, config: ValidityConfig, model: tuple[torch.nn.Module, Any] | None = None):
         self.config = config
@@ -177,13 +167,9 @@ class RewardValidity:
         if len(passages) < 2:
             raise ValueError(f"{config.data}: the benchmark needs at least 2 passages")
         self.passages = passages
-        position = {id(p): i for i, p in enumerate(passages)}
-        n = len(passages)
         model = model or load_model(config.model, device=config.device)
-        settings = dict(CANDIDATES[config.candidate])
-        self.env = ControlledKnowledgeEnv(
-            passages, model=model, control_of=lambda p: passages[(position[id(p)] + n // 2) % n], **settings
-        )
+        settings = {"control_passages": 1, **CANDIDATES[config.candidate]}
+        self.env = KnowledgeIncorporationEnv(passages, model=model, **settings)
         self.external_sets = sorted({name for p in passages for name in p.self_edits})
         config.out.mkdir(parents=True, exist_ok=True)
         self.samples = ResultLog(
@@ -271,14 +257,33 @@ class RewardValidity:
                 bar.update()
         self.env.inner_loop = replace(self.env.inner_loop, seed=base_seed)
         summary = summarise(list(self.log), len(self.passages), self._provenance())
+        if self.env.reward_metric != CONTROLLED:
+            derived = summarise(damage_controlled(list(self.log)), len(self.passages), self._provenance())
+            derived["candidate"] = f"{config.candidate}, damage-controlled (same steps)"
+            summary["damage_controlled"] = derived
         summary["environment"] = run_environment()
         path = config.json or config.out / f"{config.candidate}.json"
         write_json(path, summary)
-        path.with_suffix(".md").write_text(markdown_summary([summary]), encoding="utf-8")
+        path.with_suffix(".md").write_text(markdown_summary(with_derived([summary])), encoding="utf-8")
         return summary
 
 
 # ---------------------------------------------------------------------- statistics
+
+
+def damage_controlled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with each gain replaced by the gain minus the control passage's change: the gain
+    under ``reward_metric="controlled_log_likelihood"`` of the very same update and evaluation."""
+    derived = []
+    for record in records:
+        gain, control = record["gain"], record["control_change"]
+        derived.append({**record, "gain": None if gain is None or control is None else gain - control})
+    return derived
+
+
+def with_derived(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each summary followed by its damage-controlled statistics, where it has them."""
+    return [row for s in summaries for row in (s, s.get("damage_controlled")) if row is not None]
 
 
 def _by_passage(records: Sequence[dict[str, Any]], seed: int) -> dict[int, dict[str, dict[str, Any]]]:
@@ -470,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"reward_validity: error: {exc}", file=sys.stderr)
         return 2
-    print(markdown_summary([summary]))
+    print(markdown_summary(with_derived([summary])))
     hits = met(summary)
     print("targets met: " + ", ".join(f"{k}={'yes' if v else ('no' if v is False else 'n/a')}" for k, v in hits.items()))
     return 0

@@ -270,3 +270,38 @@ def test_skipping_answer_generation_leaves_the_dense_reward_and_score_unchanged(
     assert "prediction" not in skipped["items"][0] and "prediction" in full["items"][0]
     with pytest.raises(ValueError, match="answer_generation=False"):
         KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="f1", answer_generation=False)
+
+
+def test_control_passages_are_fixed_others_and_the_controlled_score_subtracts_them(tiny_lm):
+    from seal_env.scoring import answer_log_likelihoods
+
+    model, tokenizer = tiny_lm
+    passages = load_passages(None)[:6]
+    env = KnowledgeIncorporationEnv(passages, model=tiny_lm, inner_loop=FAST, max_answer_tokens=2,
+                                    reward_metric="controlled_log_likelihood", control_passages=2)
+    assert [env.controls_of(p) for p in passages[:2]] == [[passages[2], passages[4]], [passages[3], passages[5]]]
+    evaluation = env.evaluate(model, passages[0])
+    controls = env.controls_of(passages[0])
+    expected = answer_log_likelihoods(model, tokenizer, [p for c in controls for p in env.question_prompts(c)],
+                                      [q.answers[0] for c in controls for q in c.questions])
+    assert evaluation.metrics["control_log_likelihood"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
+    assert evaluation.score == evaluation.metrics["controlled_log_likelihood"] == pytest.approx(
+        evaluation.metrics["log_likelihood"] - evaluation.metrics["control_log_likelihood"])
+    env.reset(options={"index": 0})
+    _, reward, _, _, info = env.step(SELF_EDIT)
+    own = info["metrics"]["log_likelihood"] - info["baseline_metrics"]["log_likelihood"]
+    control = info["metrics"]["control_log_likelihood"] - info["baseline_metrics"]["control_log_likelihood"]
+    assert info["gain"] == pytest.approx(own - control, abs=1e-5)  # only what moved this passage's answers more
+    assert reward == float(info["gain"] > 0)
+
+
+def test_control_passages_are_checked(tiny_lm):
+    with pytest.raises(ValueError, match="needs control_passages >= 1"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="controlled_log_likelihood")
+    with pytest.raises(ValueError, match="more than 2 passages"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, control_passages=2)
+    for bad in (-1, True, 1.0):
+        with pytest.raises(ValueError, match="non-negative int"):
+            KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, control_passages=bad)
+    plain = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, max_answer_tokens=2)
+    assert "control_log_likelihood" not in plain.evaluate(tiny_lm[0], PASSAGES[0]).metrics

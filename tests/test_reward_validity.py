@@ -62,7 +62,11 @@ def test_benchmark_steps_every_kind_resumes_and_reports_every_statistic(data_fil
         assert math.isfinite(entry["mean"]) or name in ("retest_r", "dense_text_agreement", "length_partial_r")
     assert 0.0 <= summary["junk_loses_fraction"]["mean"] <= 1.0
     assert set(summary["targets_met"]) == set(rv.TARGETS)
-    assert (tmp_path / "out" / "tiny.md").read_text().startswith("| candidate")
+    table = (tmp_path / "out" / "tiny.md").read_text().splitlines()
+    assert table[0].startswith("| candidate") and len(table) == 4  # header, rule, as stepped, damage-controlled
+    derived = summary["damage_controlled"]
+    assert derived["candidate"] == "tiny, damage-controlled (same steps)" and derived["n_steps"] == summary["n_steps"]
+    assert set(derived["targets_met"]) == set(rv.TARGETS)
     # Resumed: nothing is stepped again.
     monkeypatch.setattr(rv.RewardValidity, "step", lambda *a, **k: pytest.fail("stepped again"))
     again = rv.RewardValidity(config, model=tiny_lm).run()
@@ -91,6 +95,10 @@ def test_statistics_on_hand_made_records():
     assert summary["control_damage"]["mean"] == pytest.approx(-0.1)
     assert summary["targets_met"]["junk_loses_fraction"] is False
     assert summary["targets_met"]["restatement_positive_fraction"] is True
+    derived = rv.damage_controlled(records)
+    assert [d["gain"] for d in derived] == pytest.approx([r["gain"] + 0.1 for r in records])  # control_change -0.1
+    assert derived[0] is not records[0] and records[0]["gain"] == 1.0  # the logged records are left as they were
+    assert rv.damage_controlled([{**records[0], "control_change": None}])[0]["gain"] is None
 
 
 def test_command_line_is_the_config_dataclass(tmp_path):

@@ -84,6 +84,20 @@ def test_rewards_equal_single_env_steps_with_the_same_seeds(tiny_lm):
     assert rewards.sum() >= 1  # some self-edit did help, so equality is not all zeros
 
 
+def test_controlled_rewards_equal_single_env_steps(tiny_lm):
+    """The control passages' questions are routed to each slot's own adapter in the batched evaluation."""
+    kwargs = knowledge_kwargs(tiny_lm, reward_metric="controlled_log_likelihood", control_passages=2)
+    envs = SelfAdaptVectorEnv(KnowledgeIncorporationEnv, len(ACTIONS), **kwargs)
+    envs.reset(seed=11)
+    _, rewards, _, _, infos = envs.step(ACTIONS)
+    expected = single_steps(KnowledgeIncorporationEnv, kwargs, [11 + k for k in range(len(ACTIONS))], ACTIONS)
+    assert_matches(rewards, infos, expected)
+    for k, (_, info) in enumerate(expected):
+        if info["error"] is None:
+            assert infos["metrics"]["control_log_likelihood"][k] == pytest.approx(
+                info["metrics"]["control_log_likelihood"], abs=1e-4)
+
+
 def test_one_context_for_all_or_one_each(tiny_lm):
     envs = SelfAdaptVectorEnv(KnowledgeIncorporationEnv, 2, **knowledge_kwargs(tiny_lm))
     observations, infos = envs.reset(options={"index": 3})

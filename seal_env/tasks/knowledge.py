@@ -66,8 +66,8 @@ SELF_EDIT_PROMPTS: dict[str, str] = {
 QUESTION_SYSTEM_PROMPT = "Answer the question with a short phrase. Do not explain."
 NEUTRAL_QUESTION = "What is the answer?"
 """The question of the neutral prompt that ``answer_pmi`` compares each real question with."""
-REWARD_METRICS = ("log_likelihood", "answer_pmi", "f1", "exact_match", "contains")
-DENSE_METRICS = ("log_likelihood", "answer_pmi")
+REWARD_METRICS = ("log_likelihood", "controlled_log_likelihood", "answer_pmi", "f1", "exact_match", "contains")
+DENSE_METRICS = ("log_likelihood", "controlled_log_likelihood", "answer_pmi")
 """The reward metrics that need no generated answer."""
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-z][.)])(?:\s+|$)")
@@ -186,7 +186,10 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             answers exactly right, so text metrics are almost always 0), ``"answer_pmi"`` (the
             same log-likelihood minus the gold answer's log-likelihood after a neutral question,
             :data:`NEUTRAL_QUESTION`: what the model knows about *this question*, not how familiar
-            the answer's words are), ``"f1"``, ``"exact_match"`` or ``"contains"``.
+            the answer's words are), ``"controlled_log_likelihood"`` (the log-likelihood minus that of
+            the control passages' questions, see ``control_passages``: only what the update taught
+            about *this* passage counts, not damage or exposure that moves every answer alike),
+            ``"f1"``, ``"exact_match"`` or ``"contains"``.
         baseline: ``"base"`` (the un-updated model, the paper's definition) or ``"passage"`` (the
             model updated on the raw passage alone: rewards self-edits that beat plain reading).
         include_passage: also train on the passage itself (the paper's "passage + self-edit").
@@ -196,6 +199,12 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             so that what is learnt is tied to the topic.
         question_topic: name the topic in each closed-book question ("Topic: {title}"), as SEAL's
             answer prompt does; a bare question is often ambiguous without its passage.
+        control_passages: also score the gold log-likelihood of the questions of this many *other*
+            passages, which the update should not move (``metrics["control_log_likelihood"]``, the
+            mean over their questions). For the context at position ``i`` of ``n`` passages they are
+            the passages at ``i + j * n // (control_passages + 1)``, ``j = 1..control_passages``
+            (cyclically): fixed, and never the context itself. ``controlled_log_likelihood`` needs
+            at least one.
         max_answer_tokens: greedy answer length.
         answer_generation: generate the greedy answers (default). ``False`` skips generation, the
             larger part of an evaluation, when the reward metric needs no text (``log_likelihood``,
@@ -216,6 +225,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         split_lines: bool = True,
         title_prefix: bool = False,
         question_topic: bool = False,
+        control_passages: int = 0,
         max_answer_tokens: int = 24,
         answer_generation: bool = True,
         **kwargs: Any,
@@ -230,6 +240,13 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             raise ValueError(f"baseline must be 'base' or 'passage', got {baseline!r}")
         if passages is None or isinstance(passages, (str, Path)):
             passages = load_passages(passages)
+        if isinstance(control_passages, bool) or not isinstance(control_passages, int) or control_passages < 0:
+            raise ValueError(f"control_passages must be a non-negative int, got {control_passages!r}")
+        if control_passages >= len(passages):
+            raise ValueError(f"control_passages={control_passages} needs more than {control_passages} passages, "
+                             f"got {len(passages)}")
+        if reward_metric == "controlled_log_likelihood" and control_passages < 1:
+            raise ValueError("reward_metric='controlled_log_likelihood' needs control_passages >= 1")
         super().__init__(passages, **kwargs)
         self.self_edit_format = self_edit_format
         self.reward_metric = reward_metric
@@ -238,6 +255,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         self.split_lines = split_lines
         self.title_prefix = title_prefix
         self.question_topic = question_topic
+        self.control_passages = control_passages
+        self._positions = {id(passage): i for i, passage in enumerate(self.contexts)}
         self.max_answer_tokens = max_answer_tokens
         self.answer_generation = answer_generation
 
@@ -277,6 +296,11 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         prompt = chat_prompt(self.tokenizer, topic + NEUTRAL_QUESTION, system=QUESTION_SYSTEM_PROMPT)
         return [prompt] * len(passage.questions)
 
+    def controls_of(self, passage: Passage) -> list[Passage]:
+        """The control passages of ``passage`` (see ``control_passages``)."""
+        n, i = len(self.contexts), self._positions[id(passage)]
+        return [self.contexts[(i + j * n // (self.control_passages + 1)) % n] for j in range(1, self.control_passages + 1)]
+
     def evaluate(self, model: torch.nn.Module, passage: Passage) -> Evaluation:
         return self.evaluate_batch(model, [passage], lambda owners: contextlib.nullcontext())[0]
 
@@ -302,14 +326,32 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
                 ]
             conditional = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
             unconditional = answer_log_likelihoods(model, self.tokenizer, neutral, golds, batch_size=len(prompts))
+        control = self._control_log_likelihoods(model, passages, route)
         evaluations, start = [], 0
-        for passage in passages:
+        for position, passage in enumerate(passages):
             end = start + len(passage.questions)
-            evaluations.append(
-                self._score(passage, predictions[start:end], conditional[start:end], unconditional[start:end])
-            )
+            evaluations.append(self._score(passage, predictions[start:end], conditional[start:end],
+                                           unconditional[start:end], control[position] if control else None))
             start = end
         return evaluations
+
+    def _control_log_likelihoods(
+        self, model: torch.nn.Module, passages: Sequence[Passage], route: Callable[[Sequence[int]], AbstractContextManager]
+    ) -> list[float]:
+        """Per passage, the mean gold log-likelihood of its control passages' questions (none without
+        ``control_passages``), in one batch routed like the passages' own questions."""
+        if not self.control_passages:
+            return []
+        prompts, golds, owners = [], [], []
+        for position, passage in enumerate(passages):
+            for control in self.controls_of(passage):
+                prompts += self.question_prompts(control)
+                golds += [q.answers[0] for q in control.questions]
+                owners += [position] * len(control.questions)
+        with route(owners):
+            likelihoods = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
+        return [sum(ll for ll, o in zip(likelihoods, owners) if o == position) / owners.count(position)
+                for position in range(len(passages))]
 
     def _score(
         self,
@@ -317,6 +359,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         predictions: Sequence[str | None],
         log_likelihoods: Sequence[float],
         neutral: Sequence[float],
+        control_log_likelihood: float | None,
     ) -> Evaluation:
         items = []
         for q, prediction, ll, ll_neutral in zip(passage.questions, predictions, log_likelihoods, neutral):
@@ -331,4 +374,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             item.update(log_likelihood=ll, answer_pmi=ll - ll_neutral)
             items.append(item)
         metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS if name in items[0]}
+        if control_log_likelihood is not None:
+            metrics["control_log_likelihood"] = control_log_likelihood
+            metrics["controlled_log_likelihood"] = metrics["log_likelihood"] - control_log_likelihood
         return Evaluation(metrics[self.reward_metric], metrics, items)
