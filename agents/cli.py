@@ -19,13 +19,16 @@ import os
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
 
 from agents.generator import GeneratorConfig
+from agents.held_out import held_out_rounds, learning_verdict
 from agents.grpo import GRPOAgent, GRPOAgentConfig
 from agents.rest_em import RestEMAgent, RestEMConfig
+from agents.run_log import RunLog
 from agents.runner import TrainConfig, TrainSetupError, agent_settings, check_run_folder, train
 from agents.stepping import RayStepper, SequentialStepper, Stepper, WorkerLostError, make_env
 from seal_env.config_cli import INNER_PREFIX, Option, add_option, dataclass_options
@@ -158,6 +161,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     if PartialState().is_main_process:
         print(f"done: {config.output_dir} (generator adapter in {config.output_dir}/generator)")
+        log = RunLog(Path(config.output_dir))
+        log.read(repair=False)
+        print(learning_verdict(held_out_rounds(log)))
     return 0
 
 

@@ -56,14 +56,16 @@ class RunReport:
                     self.writer.add_scalar(name, value, step)
             self.writer.flush()
 
-    def round_finished(self, history: list[dict[str, Any]]) -> None:
+    def round_finished(self, history: list[dict[str, Any]], held_out: Sequence[dict[str, Any]] = ()) -> None:
+        """Write the metrics, table and plot of the finished rounds; ``held_out`` (the entries of
+        :func:`agents.held_out.held_out_rounds`) gives the plot its held-out intervals."""
         if not self.enabled:
             return
         latest = history[-1]
         self.scalars({k: v for k, v in latest.items() if k != "round"}, latest["round"])
         write_atomic(self.directory / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in history))
         tqdm.write(format_table(history))
-        plot_progress(history, self.directory / PLOT_FILE)
+        plot_progress(history, self.directory / PLOT_FILE, held_out)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -98,8 +100,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
-    """Mean reward (left) and mean score (right) per round, train and held-out, as a PNG."""
+def plot_progress(history: Sequence[dict[str, Any]], path: Path, held_out: Sequence[dict[str, Any]] = ()) -> None:
+    """Mean reward (left) and mean score (right) per round, train and held-out, as a PNG; the
+    held-out means carry their 95% bootstrap intervals over contexts when ``held_out`` has them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,10 +110,18 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path) -> None:
 
     fig, (reward_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((reward_ax, "reward"), (score_ax, "score")):
-        for phase, style in ((TRAIN, "o--"), (EVAL, "s-")):
-            points = [(m["round"], m[f"{phase}/{metric}"]) for m in history if f"{phase}/{metric}" in m]
+        points = [(m["round"], m[f"{TRAIN}/{metric}"]) for m in history if f"{TRAIN}/{metric}" in m]
+        if points:
+            ax.plot(*zip(*points), "o--", label="training samples")
+        if held_out:
+            rounds = [entry["round"] for entry in held_out]
+            means = np.array([entry[metric]["mean"] for entry in held_out])
+            spread = np.array([[m - entry[metric]["low"], entry[metric]["high"] - m] for m, entry in zip(means, held_out)]).T
+            ax.errorbar(rounds, means, yerr=spread, fmt="s-", capsize=4, label="held-out (95% interval over contexts)")
+        else:
+            points = [(m["round"], m[f"{EVAL}/{metric}"]) for m in history if f"{EVAL}/{metric}" in m]
             if points:
-                ax.plot(*zip(*points), style, label="held-out" if phase == EVAL else "training samples")
+                ax.plot(*zip(*points), "s-", label="held-out")
         ax.set_xlabel("round")
         ax.set_ylabel(f"mean {metric}")
         ax.xaxis.get_major_locator().set_params(integer=True)

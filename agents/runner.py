@@ -45,6 +45,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from agents.base import EVAL, TRAIN, Agent, Round, StepRecord, StepRequest
+from agents.held_out import held_out_rounds
 from agents.reporting import RunReport, step_score, summarize, write_atomic
 from agents.run_log import RunLog
 from agents.stepping import SequentialStepper, Stepper
@@ -148,7 +149,7 @@ class TrainingRun:
             metrics.update(summarize(self.evaluate(round_index), EVAL))
             metrics["minutes"] = (time.perf_counter() - start) / 60
             _finish_round(agent, log, self.directory, metrics, state)
-            self.report.round_finished(history)
+            self.report.round_finished(history, held_out_rounds(log, n_resamples=2_000) if state.is_main_process else ())
         if state.is_main_process:
             _save_atomic(agent, self.directory / GENERATOR_DIR)
         state.wait_for_everyone()

@@ -4,7 +4,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 ``sys.path``; they import this module as ``_common``. Tests add the folder to ``sys.path`` themselves.
 
 * :func:`bootstrap_ci` - percentile bootstrap interval of a (weighted) mean, resampling units such as
-  passages or tasks (a cluster bootstrap when the weights are question counts).
+  passages or tasks (a cluster bootstrap when the weights are question counts); it lives in
+  :mod:`agents.stats`, which the training job's report shares.
 * :class:`ResultLog` - the project's resumable JSON-lines log (:class:`seal_env.jsonl.JsonlLog`)
   keyed by unit: a benchmark appends one record per finished unit of work and, when restarted on
   the same folder, skips every unit already in the log. A log written under another configuration
@@ -23,67 +24,14 @@ import os
 import platform
 import re
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
 
-import numpy as np
-
+from agents.stats import Interval, bootstrap_ci  # noqa: F401  (re-exported for the benchmarks)
 from seal_env.jsonl import JsonlLog
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a confidence interval."""
-
-    mean: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def bootstrap_ci(
-    values: Sequence[float],
-    weights: Sequence[float] | None = None,
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
-) -> Interval:
-    """The weighted mean of ``values`` and its percentile-bootstrap confidence interval.
-
-    Each resample draws ``len(values)`` units with replacement and recomputes
-    ``sum(w * v) / sum(w)``; with per-passage accuracies as values and question counts as weights this
-    is the question-level accuracy with a cluster bootstrap over passages (questions of one passage
-    are not independent). Written with NumPy because SciPy, whose ``scipy.stats.bootstrap`` does the
-    same, is not a dependency of the project. Deterministic for a given ``seed``.
-
-    Raises ``ValueError`` for no values, mismatched or non-positive weights, or a confidence outside
-    (0, 1).
-    """
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError("bootstrap_ci needs a non-empty 1-D sequence of values")
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != x.shape:
-        raise ValueError(f"{x.size} values but {w.size} weights")
-    if not np.all(w > 0):
-        raise ValueError("weights must be positive")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    mean = float(np.sum(w * x) / np.sum(w))
-    picks = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
-    means = np.sum(w[picks] * x[picks], axis=1) / np.sum(w[picks], axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Interval(mean, float(low), float(high))
 
 
 def _normalise(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """Did a `seal-env train` run learn? Held-out reward and score per round, with bootstrap intervals.
 
-Reads the log of a finished (or stopped) run folder and reports, for every round's held-out
-evaluation (the same held-out contexts each round, never trained on):
+Reads the log of a finished (or stopped) run folder and reports (through
+:func:`agents.held_out.held_out_rounds`, which the training job's plot and last lines use too), for
+every round's held-out evaluation (the same held-out contexts each round, never trained on):
 
 * mean reward and mean score (the adapted inner model's score; an unusable self-edit counts with the
   baseline's), each with a 95% bootstrap interval over held-out contexts (a context's samples are
@@ -24,20 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-from _common import bootstrap_ci, format_interval, markdown_table, write_json
+from _common import format_interval, markdown_table, write_json
 
-from agents.base import EVAL, StepRecord
-from agents.runner import RunLog, step_score
+from agents.held_out import held_out_rounds
+from agents.run_log import RunLog
 from seal_env.config_cli import parse_config
-
-
-def per_context_means(records: Sequence[StepRecord], value) -> dict[int, float]:
-    """``value(record)`` averaged over each context's samples."""
-    by_context: dict[int, list[float]] = {}
-    for record in records:
-        by_context.setdefault(record.context_index, []).append(value(record))
-    return {context: float(np.mean(values)) for context, values in sorted(by_context.items())}
 
 
 def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
@@ -45,26 +37,8 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dic
     log.read(repair=False)  # never write to the run's log
     if not log.rounds:
         raise ValueError(f"{run_dir}: no finished round in the log")
-    values = {"reward": lambda r: float(r.reward), "score": lambda r: float(step_score(r))}
-    first: dict[str, dict[int, float]] = {}
-    rounds = []
-    for metrics in log.rounds:
-        records = log.records(metrics["round"], EVAL)
-        entry: dict[str, Any] = {"round": metrics["round"], "n_steps": len(records)}
-        for name, value in values.items():
-            means = per_context_means(records, value)
-            first.setdefault(name, means)
-            entry[name] = bootstrap_ci(list(means.values()), n_resamples=n_resamples, seed=seed).to_dict()
-            if metrics["round"] > 0:
-                if set(means) != set(first[name]):
-                    raise ValueError(f"{run_dir}: round {metrics['round']} has other held-out contexts than round 0")
-                differences = [means[c] - first[name][c] for c in means]
-                entry[f"{name}_vs_round_0"] = bootstrap_ci(differences, n_resamples=n_resamples, seed=seed).to_dict()
-        entry["errors"] = float(np.mean([r.info.get("error") is not None for r in records]))
-        entry["lines"] = float(np.mean([len([x for x in r.self_edit.splitlines() if x.strip()]) for r in records]))
-        entry["chars"] = float(np.mean([len(r.self_edit) for r in records]))
-        rounds.append(entry)
-    return {"run": str(run_dir), "n_held_out_contexts": len(first["reward"]), "rounds": rounds}
+    rounds = held_out_rounds(log, n_resamples=n_resamples, seed=seed)
+    return {"run": str(run_dir), "n_held_out_contexts": rounds[0]["n_contexts"], "rounds": rounds}
 
 
 def markdown(summary: dict[str, Any]) -> str:

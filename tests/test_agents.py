@@ -404,3 +404,19 @@ def test_where_steps_run_is_checked_and_not_compared_on_resume(tmp_path):
     check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True, ray_address="auto", ray_workers=4))
     with pytest.raises(TrainSetupError, match="rounds"):
         check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=2, resume=True))
+
+
+def test_learning_verdict_says_plainly_whether_the_change_is_evidence():
+    from agents.held_out import learning_verdict
+
+    def rounds(low: float, high: float) -> list[dict]:
+        change = {"mean": (low + high) / 2, "low": low, "high": high}
+        return [{"round": 0, "n_contexts": 8},
+                {"round": 3, "n_contexts": 8, "score_vs_round_0": change, "reward_vs_round_0": change}]
+
+    learnt = learning_verdict(rounds(0.1, 0.3))
+    assert "round 0 to round 3" in learnt and "+0.200 [+0.100, +0.300]" in learnt
+    assert "evidence that the generator learnt" in learnt and "8 contexts" in learnt
+    assert "not evidence of learning" in learning_verdict(rounds(-0.1, 0.3))
+    assert "got worse" in learning_verdict(rounds(-0.3, -0.1))
+    assert "none yet" in learning_verdict(rounds(0.1, 0.3)[:1])

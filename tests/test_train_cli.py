@@ -77,6 +77,8 @@ def reference_run(tiny_model_dir, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("cli") / "reference"
     result = run(command(tiny_model_dir, output))
     assert result.returncode == 0, result.stderr[-3000:]
+    last_lines = result.stdout.strip().splitlines()[-4:]  # the held-out change from round 0, said plainly
+    assert last_lines[0].startswith("Held-out change from round 0 to round 1") and "evidence" in last_lines[-1]
     return output
 
 
