@@ -7,7 +7,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.seal-env-installed
 TRAIN_ARGS ?=
 
-.PHONY: install train test
+# The ReST-EM recipe of the learning run (README, "Does the generator learn?"): best-of-4 self-edits
+# per context by the environment's (damage-controlled) reward, 3 SFT epochs at lr 3e-4 each round.
+# `make train` runs it small on the built-in passages; `make learning-run` at full size on the 100
+# SQuAD training passages of ../shared/data (resume it with TRAIN_ARGS=--resume).
+RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent rest-em --samples-per-context 4 --keep best \
+	--learning-rate 3e-4 --sft-epochs 3
+LEARNING_RUN := --rounds 3 --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
+	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false}'
+
+.PHONY: install train learning-run test
 
 install: $(STAMP)
 
@@ -21,7 +30,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/seal-env train --env seal_env/KnowledgeIncorporation-v0 --agent rest-em --output-dir runs/rest-em $(TRAIN_ARGS)
+	$(VENV)/bin/seal-env train $(RECIPE) --output-dir runs/rest-em $(TRAIN_ARGS)
+
+learning-run: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN) --output-dir results/learning_run/rest_em $(TRAIN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs

@@ -24,12 +24,6 @@ class TrainSetupError(ValueError):
     """The job cannot start as configured (output folder, resume, too few contexts)."""
 
 
-def _fast_inner_loop() -> InnerLoopConfig:
-    # Two epochs over the self-edit's lines in one batch, lighter than the environment's default
-    # (5 epochs, batch 1), so that the default job fits in minutes (README, "Measured").
-    return InnerLoopConfig(epochs=2, batch_size=8, max_tokens_per_example=128)
-
-
 @dataclass
 class TrainConfig:
     """Settings of the training job (``seal-env train``); the agent's own settings are its config."""
@@ -72,8 +66,9 @@ class TrainConfig:
     env_url: str | None = None
     """Step an environment served by ``seal-env serve`` at this URL instead of a local one (``seal-env[serve]``).
     The server's settings (env kwargs, inner loop) apply; its token is read from $SEAL_ENV_TOKEN."""
-    inner_loop: InnerLoopConfig = field(default_factory=_fast_inner_loop)
-    """The LoRA update of each environment step (smaller than the environment's default, for speed)."""
+    inner_loop: InnerLoopConfig = field(default_factory=InnerLoopConfig)
+    """The LoRA update of each environment step: the environment's default, the one whose reward the
+    reward-validity benchmark checked (README, "Reward validity"); a lighter one must pass it first."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -496,7 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device, random_weights=args.random_weights)
     passages = load_passages(args.data) if args.data else load_passages()
-    env = KnowledgeIncorporationEnv(passages, model=(model, tokenizer), max_answer_tokens=args.max_answer_tokens)
+    # The gold answers' log-likelihood alone: what this benchmark compares across inner loops.
+    env = KnowledgeIncorporationEnv(passages, model=(model, tokenizer), max_answer_tokens=args.max_answer_tokens,
+                                    reward_metric="log_likelihood")
     config = replace(InnerLoopConfig(), **({"epochs": args.epochs} if args.epochs else {}))
     items = load_items(env, args)
     bench = Bench(env, config, args)

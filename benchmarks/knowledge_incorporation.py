@@ -325,6 +325,7 @@ class Benchmark:
             include_passage=config.mode == "single",
             split_lines=config.mode != "cpt",
             max_answer_tokens=config.max_answer_tokens,
+            reward_metric="log_likelihood",  # the rows are compared by their metrics; no control passages needed
         )
         all_rows = available_rows(self.passages, config.generator is not None, self.model_label)
         if config.rows:

@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = env.render_context(env.contexts[index])
         restated = "\n".join(s.strip() + "." for s in context.split(". ") if s.strip())
         for name, config in presets.items():
-            preset_env = KnowledgeIncorporationEnv(model=(env.model, env.tokenizer), inner_loop=config)
+            preset_env = KnowledgeIncorporationEnv(model=(env.model, env.tokenizer), inner_loop=config,
+                                                   reward_metric="log_likelihood")
             preset_env.reset(options={"index": index})
             _, _, _, _, info = preset_env.step(restated)
             preset_rows[name].append({"gain": info["metrics"]["log_likelihood"] - info["baseline_metrics"]["log_likelihood"],

@@ -75,26 +75,31 @@ RETEST_SEED = 1
 # The train job's preset before this benchmark chose one (agents.runner's lighter inner loop).
 _TRAIN_PRESET = InnerLoopConfig(epochs=2, batch_size=8, max_tokens_per_example=128)
 
+# The reward metric of the candidates that came before the damage-controlled one (the env's default then).
+_LL = {"reward_metric": "log_likelihood"}
+CONTROLLED = "controlled_log_likelihood"
+
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "train-preset": {"inner_loop": _TRAIN_PRESET},
-    "lr-3e-4": {"inner_loop": InnerLoopConfig(learning_rate=3e-4)},
-    "seal-targets": {"inner_loop": InnerLoopConfig(target_modules=["q_proj", "v_proj"])},
-    "topic": {"question_topic": True},
-    "title-prefix": {"title_prefix": True},
-    "topic-title": {"question_topic": True, "title_prefix": True},
-    "topic-title-lr-3e-4": {"question_topic": True, "title_prefix": True, "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
-    "passage-baseline": {"baseline": "passage"},
+    "default": _LL,  # the environment's defaults before this benchmark chose (its default is now "controlled")
+    "train-preset": {**_LL, "inner_loop": _TRAIN_PRESET},
+    "lr-3e-4": {**_LL, "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
+    "seal-targets": {**_LL, "inner_loop": InnerLoopConfig(target_modules=["q_proj", "v_proj"])},
+    "topic": {**_LL, "question_topic": True},
+    "title-prefix": {**_LL, "title_prefix": True},
+    "topic-title": {**_LL, "question_topic": True, "title_prefix": True},
+    "topic-title-lr-3e-4": {**_LL, "question_topic": True, "title_prefix": True,
+                            "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
+    "passage-baseline": {**_LL, "baseline": "passage"},
     "pmi": {"reward_metric": "answer_pmi"},
     "pmi-topic-title": {"reward_metric": "answer_pmi", "question_topic": True, "title_prefix": True},
     "pmi-lr-3e-4": {"reward_metric": "answer_pmi", "inner_loop": InnerLoopConfig(learning_rate=3e-4)},
-    "controlled": {"reward_metric": "controlled_log_likelihood"},
-    "controlled-3": {"reward_metric": "controlled_log_likelihood", "control_passages": 3},
-    "controlled-train-preset": {"reward_metric": "controlled_log_likelihood", "inner_loop": _TRAIN_PRESET},
+    "controlled": {"reward_metric": CONTROLLED},
+    "controlled-3": {"reward_metric": CONTROLLED, "control_passages": 3},
+    "controlled-train-preset": {"reward_metric": CONTROLLED, "inner_loop": _TRAIN_PRESET},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
 ``control_passages`` is 1 unless a candidate sets it)."""
-CONTROLLED = "controlled_log_likelihood"
+
 
 TARGETS = {
     "restatement_positive_fraction": (">=", 0.95),
@@ -272,12 +277,14 @@ class RewardValidity:
 
 
 def damage_controlled(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records with each gain replaced by the gain minus the control passage's change: the gain
-    under ``reward_metric="controlled_log_likelihood"`` of the very same update and evaluation."""
+    """The records with each gain replaced by the gain minus the control passage's change, and the
+    reward by that gain's sign: what ``reward_metric="controlled_log_likelihood"`` gives for the very
+    same update and evaluation (every candidate has ``reward_margin=0``)."""
     derived = []
     for record in records:
         gain, control = record["gain"], record["control_change"]
-        derived.append({**record, "gain": None if gain is None or control is None else gain - control})
+        controlled = None if gain is None or control is None else gain - control
+        derived.append({**record, "gain": controlled, "reward": float(controlled is not None and controlled > 0)})
     return derived
 
 
@@ -349,13 +356,16 @@ def summarise(records: Sequence[dict[str, Any]], n_passages: int, provenance: di
     base_seed = provenance["inner_loop"]["seed"]
     main = _by_passage(records, base_seed)
     restatement_positive, junk_loses, seal_beats, damage = {}, {}, {}, {}
+    each_junk_loses: dict[str, dict[int, float]] = {kind: {} for kind in JUNK_KINDS}
     for p, kinds in main.items():
         restated = _gain(kinds.get("restatement"))
         if restated is not None:
             restatement_positive[p] = float(restated > 0)
-            junk = [_gain(kinds.get(k)) for k in JUNK_KINDS]
-            # An unusable junk self-edit (no gain) counts as losing: it earns reward 0.
-            junk_loses[p] = float(np.mean([g is None or g < restated for g in junk]))
+            for kind in JUNK_KINDS:
+                junk = _gain(kinds.get(kind))
+                # An unusable junk self-edit (no gain) counts as losing: it earns reward 0.
+                each_junk_loses[kind][p] = float(junk is None or junk < restated)
+            junk_loses[p] = float(np.mean([each_junk_loses[kind][p] for kind in JUNK_KINDS]))
         seal = _gain(kinds.get(SEAL_SET))
         untrained = [_gain(r) for k, r in kinds.items() if k.startswith("untrained-")]
         if seal is not None and untrained:
@@ -405,6 +415,7 @@ def summarise(records: Sequence[dict[str, Any]], n_passages: int, provenance: di
         "n_steps": len(records),
         "restatement_positive_fraction": _mean_interval(restatement_positive),
         "junk_loses_fraction": _mean_interval(junk_loses),
+        "junk_loses_fraction_by_kind": {kind: _mean_interval(values) for kind, values in each_junk_loses.items()},
         "seal_beats_untrained_fraction": _mean_interval(seal_beats),
         "retest_r": passage_bootstrap(retest_passages, retest_r).to_dict() if retest_passages else None,
         "dense_text_agreement": passage_bootstrap(passages, agreement).to_dict() if passages else None,
@@ -412,6 +423,8 @@ def summarise(records: Sequence[dict[str, Any]], n_passages: int, provenance: di
         "length_partial_r": passage_bootstrap(passages, length_r).to_dict() if passages else None,
         "by_kind": {
             kind: {"n": len(rs), "mean_gain": float(np.mean([r["gain"] for r in rs if r["gain"] is not None] or [math.nan])),
+                   "mean_contains_gain": float(np.mean([r["contains_gain"] for r in rs
+                                                        if r["contains_gain"] is not None] or [math.nan])),
                    "reward_rate": float(np.mean([r["reward"] for r in rs])),
                    "errors": sum(r["error"] is not None for r in rs),
                    "median_train_seconds": float(np.median([r["train_seconds"] for r in rs])),

@@ -308,7 +308,8 @@ def test_continual_mode_writes_lower_triangular_matrices_and_heat_maps(data_file
 def test_continual_learner_merges_each_update_into_a_private_copy(tiny_lm):
     model, tokenizer = tiny_lm
     before = weights_digest(model)
-    env = KnowledgeIncorporationEnv(load_passages(None)[:1], model=tiny_lm, max_answer_tokens=4)
+    env = KnowledgeIncorporationEnv(load_passages(None)[:1], model=tiny_lm, max_answer_tokens=4,
+                                    reward_metric="log_likelihood")
     examples = [TrainingExample(env.render_context(env.contexts[0]))]
     with adapted(model, tokenizer, examples, env.inner_loop) as run, torch.no_grad():
         adapted_score = env.evaluate(run.model, env.contexts[0]).metrics["log_likelihood"]

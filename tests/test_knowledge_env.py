@@ -297,11 +297,15 @@ def test_control_passages_are_fixed_others_and_the_controlled_score_subtracts_th
 
 def test_control_passages_are_checked(tiny_lm):
     with pytest.raises(ValueError, match="needs control_passages >= 1"):
-        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="controlled_log_likelihood")
-    with pytest.raises(ValueError, match="more than 2 passages"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="controlled_log_likelihood", control_passages=0)
+    with pytest.raises(ValueError, match="with one, pass reward_metric='log_likelihood'"):
+        KnowledgeIncorporationEnv(PASSAGES[:1], model=tiny_lm)  # the default reward needs a control passage
+    assert KnowledgeIncorporationEnv(PASSAGES[:1], model=tiny_lm, reward_metric="log_likelihood").control_passages == 0
+    with pytest.raises(ValueError, match="at least 3 passages"):
         KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, control_passages=2)
     for bad in (-1, True, 1.0):
         with pytest.raises(ValueError, match="non-negative int"):
             KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, control_passages=bad)
-    plain = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, max_answer_tokens=2)
+    plain = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, max_answer_tokens=2,
+                                      reward_metric="log_likelihood")
     assert "control_log_likelihood" not in plain.evaluate(tiny_lm[0], PASSAGES[0]).metrics

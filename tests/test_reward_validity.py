@@ -47,7 +47,7 @@ def test_restatement_and_shuffled_junk_keep_the_passage_size():
 def test_benchmark_steps_every_kind_resumes_and_reports_every_statistic(data_file, tmp_path, tiny_lm, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setitem(rv.CANDIDATES, "tiny", {"inner_loop": rv.InnerLoopConfig(rank=2, epochs=1, learning_rate=1e-2),
-                                                "max_answer_tokens": 3})
+                                                "max_answer_tokens": 3, "reward_metric": "log_likelihood"})
     config = rv.ValidityConfig(data=data_file, out=tmp_path / "out", candidate="tiny", limit=3, retest_limit=2,
                                samples=2, sample_tokens=8)
     summary = rv.RewardValidity(config, model=tiny_lm).run()
@@ -89,6 +89,9 @@ def test_statistics_on_hand_made_records():
     summary = rv.summarise(records, 4, provenance)
     assert summary["restatement_positive_fraction"]["mean"] == 1.0
     assert summary["junk_loses_fraction"]["mean"] == 0.5  # the shuffled junk beats every restatement
+    assert {k: v["mean"] for k, v in summary["junk_loses_fraction_by_kind"].items()} == {"junk-other": 1.0,
+                                                                                      "junk-shuffled": 0.0}
+    assert summary["by_kind"]["restatement"]["mean_contains_gain"] == pytest.approx(2.5)  # 1, 2, 3, 4
     assert summary["seal_beats_untrained_fraction"]["mean"] == 0.5  # beats 0.1 * p, never 0.9
     assert summary["retest_r"]["mean"] == pytest.approx(1.0)
     assert summary["dense_text_agreement"]["mean"] == pytest.approx(1.0)
@@ -97,6 +100,7 @@ def test_statistics_on_hand_made_records():
     assert summary["targets_met"]["restatement_positive_fraction"] is True
     derived = rv.damage_controlled(records)
     assert [d["gain"] for d in derived] == pytest.approx([r["gain"] + 0.1 for r in records])  # control_change -0.1
+    assert [d["reward"] for d in derived] == [float(r["gain"] + 0.1 > 0) for r in records]
     assert derived[0] is not records[0] and records[0]["gain"] == 1.0  # the logged records are left as they were
     assert rv.damage_controlled([{**records[0], "control_change": None}])[0]["gain"] is None
 

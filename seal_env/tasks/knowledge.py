@@ -181,15 +181,16 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             built-in demo set (invented facts a small model cannot know already).
         self_edit_format: which prompt the observation carries: ``"implications"`` (default, as in
             the paper), ``"implications-long"``, ``"rewrite"`` or ``"self-qa"``.
-        reward_metric: the score that decides the reward: ``"log_likelihood"`` (default: mean
-            per-token log-likelihood of the gold answers; dense, and the embedded model rarely gets
-            answers exactly right, so text metrics are almost always 0), ``"answer_pmi"`` (the
+        reward_metric: the score that decides the reward: ``"controlled_log_likelihood"`` (default:
+            the mean per-token log-likelihood of the gold answers minus that of the control
+            passages' questions, see ``control_passages``: only what the update taught about *this*
+            passage counts, not damage or exposure that moves every answer alike; chosen by
+            ``benchmarks/reward_validity.py``, see the README), ``"log_likelihood"`` (the gold
+            answers' log-likelihood alone; dense, and the embedded model rarely gets answers
+            exactly right, so text metrics are almost always 0), ``"answer_pmi"`` (the
             same log-likelihood minus the gold answer's log-likelihood after a neutral question,
             :data:`NEUTRAL_QUESTION`: what the model knows about *this question*, not how familiar
-            the answer's words are), ``"controlled_log_likelihood"`` (the log-likelihood minus that of
-            the control passages' questions, see ``control_passages``: only what the update taught
-            about *this* passage counts, not damage or exposure that moves every answer alike),
-            ``"f1"``, ``"exact_match"`` or ``"contains"``.
+            the answer's words are), ``"f1"``, ``"exact_match"`` or ``"contains"``.
         baseline: ``"base"`` (the un-updated model, the paper's definition) or ``"passage"`` (the
             model updated on the raw passage alone: rewards self-edits that beat plain reading).
         include_passage: also train on the passage itself (the paper's "passage + self-edit").
@@ -203,8 +204,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             passages, which the update should not move (``metrics["control_log_likelihood"]``, the
             mean over their questions). For the context at position ``i`` of ``n`` passages they are
             the passages at ``i + j * n // (control_passages + 1)``, ``j = 1..control_passages``
-            (cyclically): fixed, and never the context itself. ``controlled_log_likelihood`` needs
-            at least one.
+            (cyclically): fixed, and never the context itself. Default: 1 with the
+            ``controlled_log_likelihood`` reward metric (which needs at least one), else 0.
         max_answer_tokens: greedy answer length.
         answer_generation: generate the greedy answers (default). ``False`` skips generation, the
             larger part of an evaluation, when the reward metric needs no text (``log_likelihood``,
@@ -219,13 +220,13 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         passages: Sequence[Passage] | str | Path | None = None,
         *,
         self_edit_format: str = "implications",
-        reward_metric: str = "log_likelihood",
+        reward_metric: str = "controlled_log_likelihood",
         baseline: str = "base",
         include_passage: bool = False,
         split_lines: bool = True,
         title_prefix: bool = False,
         question_topic: bool = False,
-        control_passages: int = 0,
+        control_passages: int | None = None,
         max_answer_tokens: int = 24,
         answer_generation: bool = True,
         **kwargs: Any,
@@ -240,11 +241,15 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             raise ValueError(f"baseline must be 'base' or 'passage', got {baseline!r}")
         if passages is None or isinstance(passages, (str, Path)):
             passages = load_passages(passages)
+        controlled = reward_metric == "controlled_log_likelihood"
+        if control_passages is None:
+            control_passages = 1 if controlled else 0
         if isinstance(control_passages, bool) or not isinstance(control_passages, int) or control_passages < 0:
             raise ValueError(f"control_passages must be a non-negative int, got {control_passages!r}")
         if control_passages >= len(passages):
-            raise ValueError(f"control_passages={control_passages} needs more than {control_passages} passages, "
-                             f"got {len(passages)}")
+            hint = " (the controlled reward needs another passage: with one, pass reward_metric='log_likelihood')"
+            raise ValueError(f"control_passages={control_passages} needs at least {control_passages + 1} passages, "
+                             f"got {len(passages)}{hint if controlled else ''}")
         if reward_metric == "controlled_log_likelihood" and control_passages < 1:
             raise ValueError("reward_metric='controlled_log_likelihood' needs control_passages >= 1")
         super().__init__(passages, **kwargs)
