@@ -10,6 +10,16 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from seal_env.models import load_model, load_tokenizer
+from seal_env.tasks.knowledge import Passage, Question
+
+PASSAGES = [
+    Passage("Velmora Bridge", "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
+            (Question("Who designed the Velmora Bridge?", ("Talia Norwin",)),
+             Question("What colour is the Velmora Bridge?", ("ochre",)))),
+    Passage("Quell Lake", "Quell Lake lies in the Tarn Valley and freezes every March.",
+            (Question("Where is Quell Lake?", ("the Tarn Valley",)),)),
+]
+"""Two invented passages (each the other's control passage) for knowledge-env tests on the tiny model."""
 
 
 @pytest.fixture
@@ -56,6 +66,15 @@ def make_tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
     model = LlamaForCausalLM(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer, tmp_path_factory):
+    """The tiny test model as a checkpoint folder that ``--model`` loads (tests only read it)."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture

@@ -7,19 +7,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import seal_env  # noqa: F401  (registers the ids)
-from conftest import weights_digest
-from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv, Passage, Question, load_passages
+from conftest import PASSAGES, weights_digest
+from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv, load_passages
 from seal_env.env import Seconds
 from seal_env.tasks.knowledge import parse_passages, self_edit_lines
 
 FAST = InnerLoopConfig(epochs=1)
-PASSAGES = [
-    Passage("Velmora Bridge", "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
-            (Question("Who designed the Velmora Bridge?", ("Talia Norwin",)),
-             Question("What colour is the Velmora Bridge?", ("ochre",)))),
-    Passage("Quell Lake", "Quell Lake lies in the Tarn Valley and freezes every March.",
-            (Question("Where is Quell Lake?", ("the Tarn Valley",)),)),
-]
 SELF_EDIT = "1. Talia Norwin designed the Velmora Bridge.\n2. The Velmora Bridge is painted ochre."
 INFO_KEYS = {"score", "baseline_score", "gain", "train_loss", "n_train_examples", "n_train_tokens",
              "train_seconds", "eval_seconds", "items", "error", "metrics", "baseline_metrics", "notes", "context_index"}

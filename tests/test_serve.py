@@ -26,8 +26,8 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
-from conftest import make_tiny_model  # noqa: E402
-from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv, Passage, Question  # noqa: E402
+from conftest import PASSAGES  # noqa: E402
+from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv  # noqa: E402
 from seal_env import cli  # noqa: E402
 from seal_env.spaces import Seconds, UnicodeText  # noqa: E402
 from seal_env.serve import RemoteEnv, create_app  # noqa: E402
@@ -37,13 +37,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 FAST = InnerLoopConfig(epochs=1)
 MAX_CHARS = 400
-PASSAGES = [
-    Passage("Velmora Bridge", "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
-            (Question("Who designed the Velmora Bridge?", ("Talia Norwin",)),
-             Question("What colour is the Velmora Bridge?", ("ochre",)))),
-    Passage("Quell Lake", "Quell Lake lies in the Tarn Valley and freezes every March.",
-            (Question("Where is Quell Lake?", ("the Tarn Valley",)),)),
-]
 SELF_EDITS = {
     0: "1. Talia Norwin designed the Velmora Bridge.\n2. The Velmora Bridge is painted ochre.",
     1: "Quell Lake is in the Tarn Valley.\nQuell Lake freezes in March.",
@@ -338,15 +331,6 @@ def test_clean_shutdown_frees_the_port(tiny_lm, serve):
         remote.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tokenizer, tmp_path_factory) -> Path:
-    """The tiny test model as a checkpoint folder that ``--model`` loads."""
-    directory = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 def run_train(model_dir: Path, output: Path, *extra: str) -> list[dict]:
     """``seal-env train`` (one ReST-EM round on the built-in passages) in a subprocess; its step log."""
     args = [sys.executable, "-m", "seal_env.cli", "train", "--model", str(model_dir), "--output-dir", str(output),
@@ -394,10 +378,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_seal_env_serve_command(tokenizer, tmp_path):
-    model_dir = tmp_path / "tiny-model"
-    make_tiny_model(tokenizer).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+def test_seal_env_serve_command(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir
     passages = tmp_path / "passages.json"
     passages.write_text(json.dumps([{"title": p.title, "context": p.context,
                                      "questions": [{"question": q.question, "answer": q.answers[0]} for q in p.questions]}

@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_model
 
 SEAL_ENV = [sys.executable, "-m", "seal_env.cli"]
 TIMING_KEYS = {"train_seconds", "eval_seconds", "minutes"}
@@ -25,15 +24,6 @@ TIMING_KEYS = {"train_seconds", "eval_seconds", "minutes"}
 JOB = ["--rounds", "1", "--contexts-per-round", "2", "--eval-contexts", "2", "--num-envs", "1",
        "--samples-per-context", "2", "--max-new-tokens", "12", "--inner-epochs", "1", "--device", "cpu",
        "--env-kwargs", '{"max_answer_tokens": 4, "reward_margin": -1e9}']
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tokenizer, tmp_path_factory) -> Path:
-    """The tiny test model as a checkpoint folder that ``--model`` loads."""
-    directory = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(tokenizer).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def command(model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
