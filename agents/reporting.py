@@ -101,14 +101,17 @@ def _cell(value: Any) -> str:
 
 
 def plot_progress(history: Sequence[dict[str, Any]], path: Path, held_out: Sequence[dict[str, Any]] = ()) -> None:
-    """Mean reward (left) and mean score (right) per round, train and held-out, as a PNG; the
-    held-out means carry their 95% bootstrap intervals over contexts when ``held_out`` has them."""
+    """Mean reward (left) and mean score (middle) per round, train and held-out, as a PNG. With
+    ``held_out`` (:func:`agents.held_out.held_out_rounds`), the held-out means carry their 95%
+    bootstrap intervals over contexts, and a third panel shows the paired change of the held-out
+    score from round 0, the number that says whether the generator learnt."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (reward_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3 if held_out else 2, figsize=(15 if held_out else 10, 4))
+    reward_ax, score_ax = axes[0], axes[1]
     for ax, metric in ((reward_ax, "reward"), (score_ax, "score")):
         points = [(m["round"], m[f"{TRAIN}/{metric}"]) for m in history if f"{TRAIN}/{metric}" in m]
         if points:
@@ -129,6 +132,20 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path, held_out: Seque
         ax.legend()
     reward_ax.set_title("reward (1 = beat the baseline)")
     score_ax.set_title("score of the adapted inner model")
+    if held_out:
+        change_ax = axes[2]
+        changes = [(e["round"], e.get("score_vs_round_0", {"mean": 0.0, "low": 0.0, "high": 0.0})) for e in held_out]
+        means = np.array([c["mean"] for _, c in changes])
+        spread = np.array([[m - c["low"], c["high"] - m] for m, (_, c) in zip(means, changes)]).T
+        change_ax.errorbar([r for r, _ in changes], means, yerr=spread, fmt="s-", capsize=4, color="tab:green",
+                           label="held-out, paired (95% interval)")
+        change_ax.axhline(0.0, color="grey", linewidth=1)
+        change_ax.set_xlabel("round")
+        change_ax.set_ylabel("score minus round 0's")
+        change_ax.xaxis.get_major_locator().set_params(integer=True)
+        change_ax.grid(alpha=0.3)
+        change_ax.legend()
+        change_ax.set_title("held-out score change from round 0")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
