@@ -47,6 +47,12 @@ def markdown_results(summary: dict[str, Any]) -> str:
         text += "\nPaired difference from training on the passage only (same passages; 95% bootstrap interval):\n\n"
         header = ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
         text += markdown_table(header, [[r["name"], *_intervals(r["vs_passage"])] for r in paired])
+    trained = [r for r in summary["rows"] if "vs_untrained" in r]
+    if trained:
+        text += ("\nPaired difference of the trained generator's self-edits from the untrained model's (same "
+                 "passages; 95% bootstrap interval):\n\n")
+        header = ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
+        text += markdown_table(header, [[r["name"], *_intervals(r["vs_untrained"])] for r in trained])
     return text
 
 

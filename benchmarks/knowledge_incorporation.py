@@ -571,22 +571,23 @@ class Benchmark:
                     "paper_accuracy": PAPER_RESULTS[c.mode].get(row.key),
                 }
             )
-        if "passage" in per_row:  # paired differences: the question the paper's table answers
-            reference = per_row["passage"]
-            for entry in rows:
-                if entry["key"] in ("passage", "base"):
-                    continue
-                records = per_row[entry["key"]]
-                weights = [r["n_questions"] for r in records]
-                entry["vs_passage"] = {
-                    m: bootstrap_ci(
-                        [r["metrics"][m] - p["metrics"][m] for r, p in zip(records, reference)],
-                        weights,
-                        n_resamples=c.bootstrap_resamples,
-                        seed=c.seed,
-                    ).to_dict()
-                    for m in METRICS
-                }
+        def paired(key: str, reference: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+            records = per_row[key]
+            return {
+                m: bootstrap_ci(
+                    [r["metrics"][m] - p["metrics"][m] for r, p in zip(records, reference)],
+                    [r["n_questions"] for r in records],
+                    n_resamples=c.bootstrap_resamples,
+                    seed=c.seed,
+                ).to_dict()
+                for m in METRICS
+            }
+
+        for entry in rows:
+            if "passage" in per_row and entry["key"] not in ("passage", "base"):
+                entry["vs_passage"] = paired(entry["key"], per_row["passage"])  # the paper's question
+            if entry["key"] == "generator" and "untrained" in per_row:
+                entry["vs_untrained"] = paired("generator", per_row["untrained"])  # did RL help?
         return self._summary_header() | {"rows": rows}
 
     def _summary_header(self) -> dict[str, Any]:

@@ -245,6 +245,25 @@ def test_generator_row_samples_from_a_saved_peft_adapter(data_file, tmp_path, ti
     assert [r["key"] for r in summary["rows"]] == ["generator"]
     assert {r["source"] for r in log_records(tmp_path / "out" / "self_edits.jsonl")} == {"generator"}
     assert weights_digest(model) == before
+    assert "vs_untrained" not in summary["rows"][0]  # no untrained row to compare with
+
+
+def test_generator_row_is_compared_with_the_untrained_row_on_the_same_passages(data_file, tmp_path, tiny_lm):
+    model, _ = tiny_lm
+    generator = get_peft_model(copy.deepcopy(model), InnerLoopConfig(rank=2).lora_config())
+    generator.save_pretrained(tmp_path / "generator")
+    config = make_config(data_file, tmp_path / "out", rows=["untrained", "generator"], generator=tmp_path / "generator")
+    summary = bench.Benchmark(config, model=tiny_lm).run()
+    rows = {r["key"]: r for r in summary["rows"]}
+    records = {key: {r["passage"]: r for r in log_records(tmp_path / "out" / "single.log.jsonl") if r.get("row") == key}
+               for key in rows}
+    differences = [records["generator"][p]["metrics"]["log_likelihood"] - records["untrained"][p]["metrics"]["log_likelihood"]
+                   for p in sorted(records["generator"])]
+    weights = [records["generator"][p]["n_questions"] for p in sorted(records["generator"])]
+    expected = sum(d * w for d, w in zip(differences, weights)) / sum(weights)
+    assert rows["generator"]["vs_untrained"]["log_likelihood"]["mean"] == pytest.approx(expected)
+    assert "vs_untrained" not in rows["untrained"]
+    assert "from the untrained model's" in (tmp_path / "out" / "single.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
