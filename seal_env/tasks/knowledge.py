@@ -208,8 +208,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             ``controlled_log_likelihood`` reward metric (which needs at least one), else 0.
         max_answer_tokens: greedy answer length.
         answer_generation: generate the greedy answers (default). ``False`` skips generation, the
-            larger part of an evaluation, when the reward metric needs no text (``log_likelihood``,
-            ``answer_pmi``): the reward and score are the same, but the text metrics (exact match,
+            larger part of an evaluation, when the reward metric needs no text (one of
+            :data:`DENSE_METRICS`): the reward and score are the same, but the text metrics (exact match,
             F1, containment) are left out of ``metrics`` and the items have no ``prediction``. For
             training steps; a held-out evaluation should keep every metric.
         **kwargs: see :class:`~seal_env.env.SelfAdaptEnv` (model, inner_loop, reward_margin, ...).
@@ -250,7 +250,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             hint = " (the controlled reward needs another passage: with one, pass reward_metric='log_likelihood')"
             raise ValueError(f"control_passages={control_passages} needs at least {control_passages + 1} passages, "
                              f"got {len(passages)}{hint if controlled else ''}")
-        if reward_metric == "controlled_log_likelihood" and control_passages < 1:
+        if controlled and control_passages < 1:
             raise ValueError("reward_metric='controlled_log_likelihood' needs control_passages >= 1")
         super().__init__(passages, **kwargs)
         self.self_edit_format = self_edit_format
