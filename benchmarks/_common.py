@@ -13,6 +13,7 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
 * :func:`sentences`, :func:`restatement` - a passage split into sentences, and restated one per line
   (the faithful stand-in self-edit several benchmarks step).
+* :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed.
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
 
@@ -127,6 +128,14 @@ def write_json(path: str | Path, data: Any) -> None:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
     os.replace(f.name, path)
+
+
+def write_results(json_path: str | Path, result: Any, markdown: str) -> None:
+    """Write ``result`` as JSON at ``json_path`` and ``markdown`` beside it (``.md``), and print the
+    markdown: what a benchmark leaves behind."""
+    write_json(json_path, result)
+    Path(json_path).with_suffix(".md").write_text(markdown, encoding="utf-8")
+    print(markdown)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -22,13 +22,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 import seal_env  # noqa: F401  (registers the environments)
-from _common import markdown_table, restatement, run_environment, write_json
+from _common import markdown_table, restatement, run_environment, write_results
 from agents.base import StepRequest
 from agents.stepping import RayStepper, SequentialStepper, Stepper, make_env
 from agents.train_config import TrainConfig
@@ -116,12 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ray_startup_seconds": startup_seconds, "same_rewards_and_scores_as_local": same,
         "environment": run_environment(),
     }
-    write_json(args.json, result)
     markdown = markdown_table(["stepper", "self-edits / min (median [min, max] over repeats)", "vs local"], table)
     markdown += (f"\n{args.steps} self-edits x {args.repeats} repeats; Ray start-up (cluster, {args.workers} model loads, "
                  f"baselines): {startup_seconds:.0f} s; same rewards and scores as local: {same}\n")
-    Path(args.json).with_suffix(".md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_results(args.json, result, markdown)
     return 0
 
 

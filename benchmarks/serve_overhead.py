@@ -32,14 +32,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import gymnasium as gym
 import torch
 
 import seal_env  # noqa: F401  (registers the environments)
-from _common import bootstrap_ci, format_interval, markdown_table, restatement, run_environment, write_json
+from _common import bootstrap_ci, format_interval, markdown_table, restatement, run_environment, write_results
 from agents.train_config import TrainConfig
 from seal_env.config_cli import parse_config
 from seal_env.models import load_model
@@ -161,7 +160,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {"config": vars(config), "inner_loop": inner_loop.to_dict(), "kinds": rows,
               "server_startup_seconds": startup_seconds, "same_rewards_and_scores": same,
               "environment": run_environment()}
-    write_json(config.json, result)
     table = [[kind, f"{row['local_seconds']['median']:.3f}", f"{row['remote_seconds']['median']:.3f}",
               format_interval(row["overhead_seconds"], scale=1000, digits=1),
               f"{1000 * row['overhead_seconds']['median']:.1f}", f"{100 * row['overhead_share_of_update_step']:.2f}%"]
@@ -171,8 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown += (f"\n{len(contexts)} contexts x {config.repeats} repeats per kind, {config.threads} torch thread(s) on "
                  f"each side; server start-up (process, model load) {startup_seconds:.0f} s; same rewards and scores "
                  f"in-process and served: {same}\n")
-    Path(config.json).with_suffix(".md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_results(config.json, result, markdown)
     return 0
 
 

@@ -24,13 +24,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import seal_env  # noqa: F401  (registers the environments)
-from _common import markdown_table, run_environment, write_json
+from _common import markdown_table, run_environment, write_results
 from agents.base import StepRequest
 from agents.stepping import SequentialStepper, Stepper, VectorStepper
 from seal_env.config_cli import parse_config
@@ -125,14 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "median_self_edit_lines": statistics.median(len([x for x in r.self_edit.splitlines() if x.strip()])
                                                           for r in requests),
               "environment": run_environment()}
-    write_json(config.json, result)
     table = [[phase, f"{per_edit['before'][phase]:.2f}", f"{per_edit['after'][phase]:.2f}",
               "-" if ratios[phase] is None else f"{ratios[phase]:.2f}x"] for phase in (*PHASES, "total")]
     markdown = markdown_table(["phase", "before s / self-edit", "after s / self-edit", "before / after"], table)
     markdown += (f"\n{n} self-edits ({len(indices)} contexts x {config.samples}), {config.threads} torch thread(s); "
                  f"same rewards: {same_rewards}; largest score difference {result['max_score_difference']}\n")
-    Path(config.json).with_suffix(".md").write_text(markdown, encoding="utf-8")
-    print(markdown)
+    write_results(config.json, result, markdown)
     return 0
 
 
