@@ -117,10 +117,7 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path, held_out: Seque
         if points:
             ax.plot(*zip(*points), "o--", label="training samples")
         if held_out:
-            rounds = [entry["round"] for entry in held_out]
-            means = np.array([entry[metric]["mean"] for entry in held_out])
-            spread = np.array([[m - entry[metric]["low"], entry[metric]["high"] - m] for m, entry in zip(means, held_out)]).T
-            ax.errorbar(rounds, means, yerr=spread, fmt="s-", capsize=4, label="held-out (95% interval over contexts)")
+            _interval_bars(ax, [(e["round"], e[metric]) for e in held_out], label="held-out (95% interval over contexts)")
         else:
             points = [(m["round"], m[f"{EVAL}/{metric}"]) for m in history if f"{EVAL}/{metric}" in m]
             if points:
@@ -134,11 +131,9 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path, held_out: Seque
     score_ax.set_title("score of the adapted inner model")
     if held_out:
         change_ax = axes[2]
-        changes = [(e["round"], e.get("score_vs_round_0", {"mean": 0.0, "low": 0.0, "high": 0.0})) for e in held_out]
-        means = np.array([c["mean"] for _, c in changes])
-        spread = np.array([[m - c["low"], c["high"] - m] for m, (_, c) in zip(means, changes)]).T
-        change_ax.errorbar([r for r, _ in changes], means, yerr=spread, fmt="s-", capsize=4, color="tab:green",
-                           label="held-out, paired (95% interval)")
+        no_change = {"mean": 0.0, "low": 0.0, "high": 0.0}  # round 0 against itself
+        _interval_bars(change_ax, [(e["round"], e.get("score_vs_round_0", no_change)) for e in held_out],
+                       label="held-out, paired (95% interval)", color="tab:green")
         change_ax.axhline(0.0, color="grey", linewidth=1)
         change_ax.set_xlabel("round")
         change_ax.set_ylabel("score minus round 0's")
@@ -149,3 +144,10 @@ def plot_progress(history: Sequence[dict[str, Any]], path: Path, held_out: Seque
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _interval_bars(ax: Any, points: Sequence[tuple[int, dict[str, float]]], **style: Any) -> None:
+    """Means with their ``{mean, low, high}`` intervals as error bars, one point per round."""
+    means = np.array([interval["mean"] for _, interval in points])
+    spread = np.array([[m - i["low"], i["high"] - m] for m, (_, i) in zip(means, points)]).T
+    ax.errorbar([r for r, _ in points], means, yerr=spread, fmt="s-", capsize=4, **style)
