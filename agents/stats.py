@@ -1,9 +1,10 @@
-"""Bootstrap confidence intervals: the one implementation the training job's report and the
-benchmarks share."""
+"""Bootstrap confidence intervals and correlations: the one implementation the training job's report
+and the benchmarks share."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import math
 from typing import Sequence
 
 import numpy as np
@@ -58,3 +59,18 @@ def bootstrap_ci(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return Interval(mean, float(low), float(high))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; NaN for fewer than 3 points or a constant series."""
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (ties ranked in order of appearance: they are rare in gains)."""
+    def rank(v: Sequence[float]) -> np.ndarray:
+        return np.argsort(np.argsort(np.asarray(v), kind="stable"), kind="stable")
+
+    return pearson(rank(x), rank(y))

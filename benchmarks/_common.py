@@ -5,7 +5,7 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 
 * :func:`bootstrap_ci` - percentile bootstrap interval of a (weighted) mean, resampling units such as
   passages or tasks (a cluster bootstrap when the weights are question counts); it lives in
-  :mod:`agents.stats`, which the training job's report shares.
+  :mod:`agents.stats`, which the training job's report shares, with :func:`pearson` and :func:`spearman`.
 * :class:`ResultLog` - the project's resumable JSON-lines log (:class:`seal_env.jsonl.JsonlLog`)
   keyed by unit: a benchmark appends one record per finished unit of work and, when restarted on
   the same folder, skips every unit already in the log. A log written under another configuration
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
 
-from agents.stats import Interval, bootstrap_ci  # noqa: F401  (re-exported for the benchmarks)
+from agents.stats import Interval, bootstrap_ci, pearson, spearman  # noqa: F401  (re-exported for the benchmarks)
 from seal_env.jsonl import JsonlLog
 
 if TYPE_CHECKING:

@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import (Interval, ResultLog, bootstrap_ci, markdown_table, restatement, run_environment, sentences,
-                     write_json)
+from _common import (Interval, ResultLog, bootstrap_ci, markdown_table, pearson, restatement, run_environment, sentences,
+                     spearman, write_json)
 from seal_env.config_cli import parse_config
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import sample_self_edits
@@ -323,17 +323,6 @@ def passage_bootstrap(
     return Interval(point, float(low), float(high))
 
 
-def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731 (ties are rare in gains)
-    return _pearson(rank(np.asarray(x)), rank(np.asarray(y)))
-
-
 def _multiple_r(y: Sequence[float], predictors: Sequence[Sequence[float]]) -> float:
     """R of the least-squares fit of ``y`` on the predictors (with an intercept)."""
     if len(y) < len(predictors) + 2 or np.std(y) == 0:
@@ -393,11 +382,11 @@ def summarise(records: Sequence[dict[str, Any]], n_passages: int, provenance: di
 
     def retest_r(ps: Sequence[int]) -> float:
         points = [pair for p in ps for pair in pairs[p]]
-        return _pearson([a for a, _ in points], [b for _, b in points])
+        return pearson([a for a, _ in points], [b for _, b in points])
 
     def agreement(ps: Sequence[int]) -> float:
         rows = [r for r in of(ps) if r["contains_gain"] is not None]
-        return _spearman([r["gain"] for r in rows], [(r["contains_gain"] + r["f1_gain"]) / 2 for r in rows])
+        return spearman([r["gain"] for r in rows], [(r["contains_gain"] + r["f1_gain"]) / 2 for r in rows])
 
     def length_r(ps: Sequence[int]) -> float:
         rows = of(ps, lambda r: r["kind"] not in JUNK_KINDS)

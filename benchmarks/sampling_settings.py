@@ -1,0 +1,201 @@
+"""Which sampling settings give the untrained generator self-edits that the reward can select from?
+
+ReST-EM learns by keeping a context's best sampled self-edits and fine-tuning the generator on them,
+so a recipe needs samples whose rewards differ within a context, and better ones that share a
+learnable trait. For each *setting* (a self-edit format of the knowledge environment and a sampling
+temperature), this script samples ``--samples`` self-edits per passage from the untrained model and
+steps each in the environment with its defaults (damage-controlled log-likelihood reward, no greedy
+answers), batched through the multi-LoRA path. It reports, per setting, with 95% bootstrap intervals
+over passages:
+
+* ``gain`` - the mean dense gain (score minus baseline), and ``reward`` - the share rewarded;
+* ``best_of_k_gain`` - the mean of each passage's best gain (what ``--keep best`` keeps);
+* ``within_sd`` - the mean within-passage standard deviation of the gains (what selection can use);
+* ``overlap`` - the mean share of a self-edit's words that occur in its passage (copying), and
+  ``overlap_gain_r`` - the Spearman correlation of overlap and gain, pooled over self-edits;
+
+plus, as a reference, the restatement's gain (the passage one sentence per line).
+
+Steps are appended to ``<out>/steps.jsonl`` (the same command resumes); the summary goes to
+``<out>/sampling_settings.json`` with a markdown table beside it.
+
+Example::
+
+    python benchmarks/sampling_settings.py --data ../shared/data/squad_train_passages.json --limit 6 \\
+        --settings implications@1.0,implications@0.7,rewrite@0.7,self-qa@0.7 --out results/sampling_settings
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from _common import (ResultLog, bootstrap_ci, format_interval, markdown_table, restatement, run_environment, spearman,
+                     write_results)
+from seal_env.config_cli import parse_config
+from seal_env.lm import sample_self_edits
+from seal_env.models import DEFAULT_MODEL_NAME, load_model
+from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, load_passages
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass
+class SamplingSettingsConfig:
+    """Settings of a run; the command line maps one to one onto these fields."""
+
+    data: Path | None = None
+    """Passages JSON (training passages: this chooses a training recipe)."""
+    settings: tuple[str, ...] = field(
+        default=("implications@1.0", "implications@0.7", "rewrite@0.7", "self-qa@0.7"),
+        metadata={"parse": lambda text: tuple(s.strip() for s in text.split(",") if s.strip())})
+    """``format@temperature`` pairs (comma-separated on the command line)."""
+    limit: int = 6
+    """Use the first N passages."""
+    samples: int = 4
+    """Self-edits sampled per passage and setting."""
+    sample_tokens: int = 128
+    """Longest sampled self-edit, in tokens (the train job's default)."""
+    seed: int = 0
+    """Seed of sampling (passage i uses seed + i) and of the bootstrap."""
+    model: str | None = None
+    """Model id or path (default: the embedded SmolLM2-135M-Instruct)."""
+    device: str | None = None
+    """Device of the model (default: CUDA when available, else CPU)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+    out: Path = Path("runs/sampling_settings")
+    """Folder of the resumable step log and the summary."""
+
+
+def parse_setting(setting: str) -> tuple[str, float]:
+    """``"rewrite@0.7"`` as ``("rewrite", 0.7)``, with a clear error for anything else."""
+    name, sep, temperature = setting.partition("@")
+    if not sep or name not in SELF_EDIT_PROMPTS:
+        raise ValueError(f"setting {setting!r}: expected FORMAT@TEMPERATURE with FORMAT one of {sorted(SELF_EDIT_PROMPTS)}")
+    try:
+        value = float(temperature)
+    except ValueError:
+        raise ValueError(f"setting {setting!r}: temperature {temperature!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"setting {setting!r}: the temperature must be above 0")
+    return name, value
+
+
+def word_overlap(self_edit: str, passage: str) -> float:
+    """The share of the self-edit's words (lower-cased alphanumeric runs) that occur in the passage."""
+    words = _WORD.findall(self_edit.lower())
+    if not words:
+        return 0.0
+    vocabulary = set(_WORD.findall(passage.lower()))
+    return sum(word in vocabulary for word in words) / len(words)
+
+
+class SamplingSettings:
+    def __init__(self, config: SamplingSettingsConfig, model: tuple[torch.nn.Module, Any] | None = None):
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.config = config
+        self.settings = [parse_setting(s) for s in config.settings]
+        self.passages = load_passages(config.data)[: config.limit]
+        if len(self.passages) < 2:
+            raise ValueError(f"{config.data}: needs at least 2 passages (the reward's control is another passage)")
+        self.model = model or load_model(config.model, device=config.device)
+        # One environment per format (its prompt); all share the model and the default reward.
+        self.envs = {name: KnowledgeIncorporationEnv(self.passages, model=self.model, self_edit_format=name,
+                                                     answer_generation=False)
+                     for name in dict.fromkeys(name for name, _ in self.settings)}
+        provenance = {"data": str(config.data), "model": config.model or DEFAULT_MODEL_NAME,
+                      "samples": config.samples, "sample_tokens": config.sample_tokens, "seed": config.seed,
+                      "inner_loop": next(iter(self.envs.values())).inner_loop.to_dict()}
+        config.out.mkdir(parents=True, exist_ok=True)
+        self.log = ResultLog(config.out / "steps.jsonl", provenance, ("setting", "passage", "sample"))
+
+    def _step(self, env: KnowledgeIncorporationEnv, index: int, texts: Sequence[str]) -> list[dict[str, Any]]:
+        results = env.run_steps([env.prepare_step(text, index) for text in texts], batched=True)
+        return [{"gain": r.info["gain"], "reward": r.reward, "error": r.info["error"],
+                 "overlap": word_overlap(text, self.passages[index].context), "self_edit": text}
+                for r, text in zip(results, texts)]
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        work = [(setting, index) for setting in ["restatement", *config.settings] for index in range(len(self.passages))]
+        for setting, index in tqdm(work, desc="settings x passages"):
+            if (setting, index, 0) in self.log:
+                continue
+            if setting == "restatement":
+                env, texts = next(iter(self.envs.values())), [restatement(self.passages[index].context)]
+            else:
+                name, temperature = parse_setting(setting)
+                env = self.envs[name]
+                texts = sample_self_edits(self.model[0], self.model[1], [env.observation(index)["prompt"]],
+                                          n=config.samples, temperature=temperature,
+                                          max_new_tokens=config.sample_tokens, seed=config.seed + index)[0]
+            for sample, record in enumerate(self._step(env, index, texts)):
+                self.log.append({"setting": setting, "passage": index, "sample": sample, **record})
+        summary = {"config": {**vars(config), "data": str(config.data), "out": str(config.out)},
+                   "settings": {s: summarise(list(self.log), s, config.seed) for s in ["restatement", *config.settings]},
+                   "environment": run_environment()}
+        write_results(config.out / "sampling_settings.json", summary, markdown(summary["settings"]))
+        return summary
+
+
+def summarise(records: Sequence[dict[str, Any]], setting: str, seed: int = 0) -> dict[str, Any]:
+    """The statistics of one setting's steps (a failed step counts as gain 0, reward 0: it teaches nothing)."""
+    by_passage: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["setting"] == setting:
+            by_passage.setdefault(record["passage"], []).append(record)
+    if not by_passage:
+        return {"n_passages": 0}
+    gains = {p: [r["gain"] if r["gain"] is not None else 0.0 for r in rs] for p, rs in by_passage.items()}
+
+    def interval(per_passage: list[float]) -> dict[str, float]:
+        return bootstrap_ci(per_passage, seed=seed).to_dict()
+
+    pooled = [r for rs in by_passage.values() for r in rs]
+    return {
+        "n_passages": len(by_passage),
+        "n_self_edits": len(pooled),
+        "errors": sum(r["error"] is not None for r in pooled),
+        "gain": interval([statistics.fmean(g) for g in gains.values()]),
+        "reward": interval([statistics.fmean(r["reward"] for r in rs) for rs in by_passage.values()]),
+        "best_of_k_gain": interval([max(g) for g in gains.values()]),
+        "within_sd": interval([statistics.pstdev(g) for g in gains.values()]),
+        "overlap": interval([statistics.fmean(r["overlap"] for r in rs) for rs in by_passage.values()]),
+        "overlap_gain_r": spearman([r["overlap"] for r in pooled], [g for rs in gains.values() for g in rs]),
+    }
+
+
+def markdown(settings: dict[str, dict[str, Any]]) -> str:
+    def cell(entry: Any) -> str:
+        return "-" if entry is None else format_interval(entry, digits=2)
+
+    rows = [[name, s["n_passages"], s.get("n_self_edits", 0), s.get("errors", 0), cell(s.get("gain")),
+             cell(s.get("reward")), cell(s.get("best_of_k_gain")), cell(s.get("within_sd")), cell(s.get("overlap")),
+             f"{s['overlap_gain_r']:.2f}" if math.isfinite(s.get("overlap_gain_r", math.nan)) else "-"]
+            for name, s in settings.items()]
+    return markdown_table(["setting", "passages", "self-edits", "errors", "gain", "reward", "best-of-k gain",
+                           "within-passage sd", "word overlap", "overlap-gain r"], rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(SamplingSettingsConfig, argv, __doc__.split("\n\n")[0], required=("data",))
+        SamplingSettings(config).run()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sampling_settings: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

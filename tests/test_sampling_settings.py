@@ -1,0 +1,73 @@
+"""The sampling-settings probe (benchmarks/sampling_settings.py) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import sampling_settings as ss  # noqa: E402
+
+PASSAGES = [
+    {"title": "Velmora Bridge", "context": "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
+     "questions": [{"question": "Who designed the Velmora Bridge?", "answer": "Talia Norwin"}]},
+    {"title": "Quell Lake", "context": "Quell Lake lies in the Tarn Valley. It freezes every March.",
+     "questions": [{"question": "Where is Quell Lake?", "answer": "the Tarn Valley"}]},
+]
+
+
+def test_settings_parse_with_clear_errors():
+    assert ss.parse_setting("rewrite@0.7") == ("rewrite", 0.7)
+    for bad, message in [("rewrite", "FORMAT@TEMPERATURE"), ("poems@1.0", "FORMAT@TEMPERATURE"),
+                         ("rewrite@warm", "not a number"), ("rewrite@0", "above 0")]:
+        with pytest.raises(ValueError, match=message):
+            ss.parse_setting(bad)
+
+
+def test_word_overlap_is_the_share_of_words_found_in_the_passage():
+    assert ss.word_overlap("Talia Norwin, ochre!", "The bridge is ochre; Talia Norwin built it.") == 1.0
+    assert ss.word_overlap("Talia invented radio", "Talia Norwin") == pytest.approx(1 / 3)
+    assert ss.word_overlap("", "anything") == 0.0
+
+
+def test_probe_steps_every_setting_resumes_and_summarises(tmp_path, tiny_lm, monkeypatch):
+    torch.set_num_threads(1)
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps(PASSAGES), encoding="utf-8")
+    config = ss.SamplingSettingsConfig(data=data, settings=("implications@1.0", "self-qa@0.5"), limit=2, samples=2,
+                                       sample_tokens=6, out=tmp_path / "out")
+    summary = ss.SamplingSettings(config, model=tiny_lm).run()
+    steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()[1:]]
+    assert len(steps) == 2 * 1 + 2 * 2 * 2  # the restatement once per passage, then 2 settings x 2 passages x 2
+    assert set(summary["settings"]) == {"restatement", "implications@1.0", "self-qa@0.5"}
+    restated = summary["settings"]["restatement"]
+    assert restated["overlap"]["mean"] == 1.0 and restated["within_sd"]["mean"] == 0.0
+    for name in ("implications@1.0", "self-qa@0.5"):
+        stats = summary["settings"][name]
+        gains = [s["gain"] or 0.0 for s in steps if s["setting"] == name]
+        assert stats["n_self_edits"] == 4 and stats["gain"]["mean"] == pytest.approx(sum(gains) / 4)
+        assert stats["best_of_k_gain"]["mean"] >= stats["gain"]["mean"]
+    assert (tmp_path / "out" / "sampling_settings.md").read_text().startswith("| setting")
+    # Resumed: nothing is sampled or stepped again.
+    monkeypatch.setattr(ss, "sample_self_edits", lambda *a, **k: pytest.fail("sampled again"))
+    again = ss.SamplingSettings(config, model=tiny_lm).run()
+    assert again["settings"] == summary["settings"]
+
+
+def test_summary_of_hand_made_records():
+    def record(passage, sample, gain, overlap, error=None):
+        return {"setting": "s", "passage": passage, "sample": sample, "gain": gain, "reward": float((gain or 0) > 0),
+                "overlap": overlap, "error": error}
+
+    records = [record(0, 0, 1.0, 0.9), record(0, 1, -1.0, 0.2), record(1, 0, None, 0.3, "no lines"), record(1, 1, 0.5, 0.5)]
+    stats = ss.summarise(records, "s")
+    assert stats["errors"] == 1 and stats["n_passages"] == 2
+    assert stats["gain"]["mean"] == pytest.approx((0.0 + 0.25) / 2)  # the failed step counts as gain 0
+    assert stats["best_of_k_gain"]["mean"] == pytest.approx((1.0 + 0.5) / 2)
+    assert stats["within_sd"]["mean"] == pytest.approx((1.0 + 0.25) / 2)
+    assert stats["overlap_gain_r"] == pytest.approx(1.0)
+    assert ss.summarise(records, "other") == {"n_passages": 0}
