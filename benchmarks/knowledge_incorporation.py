@@ -61,7 +61,7 @@ from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
 from seal_env.lm import TrainingExample, sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
-from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
+from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, Passage, load_passages
 
 MODES = ("single", "cpt", "continual")
 DEFAULT_N_PASSAGES = {"cpt": 10, "continual": 8}
@@ -140,6 +140,9 @@ class BenchmarkConfig:
     """Longest sampled self-edit, in tokens."""
     temperature: float = 1.0
     """Sampling temperature of self-edits."""
+    self_edit_format: str = "implications"
+    """The prompt the untrained and trained generators write self-edits for (the knowledge
+    environment's ``self_edit_format``): evaluate a generator on the format it was trained on."""
     max_answer_tokens: int = 24
     """Greedy answer length at evaluation."""
     bootstrap_resamples: int = 10_000
@@ -173,6 +176,8 @@ class BenchmarkConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.self_edit_format not in SELF_EDIT_PROMPTS:
+            raise ValueError(f"self_edit_format must be one of {sorted(SELF_EDIT_PROMPTS)}, got {self.self_edit_format!r}")
         if self.inner_loop not in ("default", "seal"):
             raise ValueError(f"inner_loop must be 'default' or 'seal', got {self.inner_loop!r}")
         if self.generator is not None and not self.generator.is_dir():
@@ -325,6 +330,7 @@ class Benchmark:
             include_passage=config.mode == "single",
             split_lines=config.mode != "cpt",
             max_answer_tokens=config.max_answer_tokens,
+            self_edit_format=config.self_edit_format,
             reward_metric="log_likelihood",  # the rows are compared by their metrics; no control passages needed
         )
         all_rows = available_rows(self.passages, config.generator is not None, self.model_label)
@@ -354,6 +360,7 @@ class Benchmark:
                 {
                     **{k: provenance[k] for k in ("data_sha256", "model", "generator_sha256")},
                     **{k: getattr(config, k) for k in sample_settings},
+                    **self._format_setting(),
                 },
                 ("source", "passage"),
             ),
@@ -374,7 +381,14 @@ class Benchmark:
             "sample_tokens": c.sample_tokens,
             "temperature": c.temperature,
             "max_answer_tokens": c.max_answer_tokens,
+            **self._format_setting(),
         }
+
+    def _format_setting(self) -> dict[str, str]:
+        """The self-edit format for the logs' headers; absent for the default, so that logs written
+        before the option existed still resume."""
+        default = BenchmarkConfig.__dataclass_fields__["self_edit_format"].default
+        return {} if self.config.self_edit_format == default else {"self_edit_format": self.config.self_edit_format}
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()

@@ -266,9 +266,24 @@ def test_generator_row_is_compared_with_the_untrained_row_on_the_same_passages(d
     assert "from the untrained model's" in (tmp_path / "out" / "single.md").read_text(encoding="utf-8")
 
 
+def test_self_edit_format_sets_the_sampling_prompt_and_is_part_of_the_logs_settings(data_file, tmp_path, tiny_lm, monkeypatch):
+    prompts = []
+
+    def fake_sampler(model, tokenizer, observation_prompts, **kwargs):
+        prompts.extend(observation_prompts)
+        return [["A line of a self-edit."] * kwargs.get("n", 1) for _ in observation_prompts]
+
+    monkeypatch.setattr(bench, "sample_self_edits", fake_sampler)
+    bench.Benchmark(make_config(data_file, tmp_path / "out", rows=["untrained"], self_edit_format="rewrite"), model=tiny_lm).run()
+    assert prompts and all("rewrite it in a few different ways" in p for p in prompts)
+    with pytest.raises(ValueError, match="self_edit_format"):  # the folder's logs hold rewrite self-edits
+        bench.Benchmark(make_config(data_file, tmp_path / "out", rows=["untrained"]), model=tiny_lm)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        (dict(self_edit_format="poems"), "self_edit_format must be one of"),
         (dict(mode="cpt", limit=1), "--n-passages"),
         (dict(n_passages=2), "--limit"),
         (dict(rows=["nope"]), "unknown row"),
