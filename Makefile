@@ -19,7 +19,12 @@ SELF_EDIT_FORMAT := "self_edit_format": "rewrite"
 LEARNING_RUN := --rounds 3 --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
 	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT)}'
 
-.PHONY: install train learning-run test
+# GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
+# the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
+GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
+	--learning-rate 1e-4 --temperature 0.5
+
+.PHONY: install train learning-run grpo-run test
 
 install: $(STAMP)
 
@@ -37,6 +42,9 @@ train: $(STAMP)
 
 learning-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN) --output-dir results/learning_run/rest_em_rewrite $(TRAIN_ARGS)
+
+grpo-run: $(STAMP)
+	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --output-dir results/learning_run/grpo $(TRAIN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
