@@ -14,6 +14,7 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :func:`sentences`, :func:`restatement` - a passage split into sentences, and restated one per line
   (the faithful stand-in self-edit several benchmarks step).
 * :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed.
+* :func:`main_exit_code` - a benchmark's ``main``: bad input is one line on stderr and exit status 2.
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
 
@@ -24,9 +25,10 @@ import json
 import os
 import platform
 import re
+import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 
 from agents.stats import Interval, bootstrap_ci, pearson, spearman  # noqa: F401  (re-exported for the benchmarks)
 from seal_env.jsonl import JsonlLog
@@ -168,3 +170,14 @@ def run_environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def main_exit_code(script: str, work: Callable[[], Any]) -> int:
+    """Run a benchmark's ``work``: exit status 0, or 2 with one ``<script>: error: ...`` line on stderr
+    (no traceback) when the input is bad (``ValueError``, ``FileNotFoundError``)."""
+    try:
+        work()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{script}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

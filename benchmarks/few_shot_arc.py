@@ -42,7 +42,7 @@ from typing import Any, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, file_digest, load_generator, markdown_table, run_environment, write_json
+from _common import ResultLog, file_digest, load_generator, main_exit_code, markdown_table, run_environment, write_json
 from seal_env.config_cli import comma_list, parse_config
 from seal_env.env import SelfEditError
 from seal_env.lm import sample_self_edits
@@ -402,12 +402,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        Benchmark(parse_args(argv)).run()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return main_exit_code("few_shot_arc", lambda: Benchmark(parse_args(argv)).run())
 
 
 if __name__ == "__main__":

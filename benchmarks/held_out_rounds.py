@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import format_interval, markdown_table, write_json
+from _common import format_interval, main_exit_code, markdown_table, write_json
 
 from agents.held_out import held_out_rounds
 from agents.run_log import RunLog
@@ -84,17 +84,16 @@ class HeldOutConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_config(HeldOutConfig, argv, __doc__.split("\n\n")[0], required=("run_dir",))
-    try:
+
+    def work() -> None:
         summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    table = markdown(summary)
-    print(table)
-    if args.out:
-        write_json(args.out / "held_out_rounds.json", summary)
-        (args.out / "held_out_rounds.md").write_text(table, encoding="utf-8")
-    return 0
+        table = markdown(summary)
+        print(table)
+        if args.out:
+            write_json(args.out / "held_out_rounds.json", summary)
+            (args.out / "held_out_rounds.md").write_text(table, encoding="utf-8")
+
+    return main_exit_code("held_out_rounds", work)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, bootstrap_ci, file_digest, load_generator, run_environment, write_json
+from _common import ResultLog, bootstrap_ci, file_digest, load_generator, main_exit_code, run_environment, write_json
 from _knowledge_report import METRICS, markdown_continual, markdown_results, plot_bars, plot_heat_maps
 from seal_env.config_cli import parse_config
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
@@ -670,13 +670,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        Benchmark(config).run()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return main_exit_code("knowledge_incorporation", lambda: Benchmark(parse_args(argv)).run())
 
 
 if __name__ == "__main__":

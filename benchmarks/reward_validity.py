@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import (Interval, ResultLog, bootstrap_ci, markdown_table, pearson, restatement, run_environment, sentences,
-                     spearman, write_json)
+from _common import (Interval, ResultLog, bootstrap_ci, main_exit_code, markdown_table, pearson, restatement,
+                     run_environment, sentences, spearman, write_json)
 from seal_env.config_cli import parse_config
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import sample_self_edits
@@ -471,16 +471,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ValidityConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        summary = RewardValidity(config).run()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"reward_validity: error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown_summary(with_derived([summary])))
-    hits = met(summary)
-    print("targets met: " + ", ".join(f"{k}={'yes' if v else ('no' if v is False else 'n/a')}" for k, v in hits.items()))
-    return 0
+    def work() -> None:
+        summary = RewardValidity(parse_args(argv)).run()
+        print(markdown_summary(with_derived([summary])))
+        hits = met(summary)
+        print("targets met: " + ", ".join(f"{k}={'yes' if v else ('no' if v is False else 'n/a')}" for k, v in hits.items()))
+
+    return main_exit_code("reward_validity", work)
 
 
 if __name__ == "__main__":

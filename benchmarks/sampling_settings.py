@@ -38,8 +38,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from _common import (ResultLog, bootstrap_ci, format_interval, markdown_table, restatement, run_environment, spearman,
-                     write_results)
+from _common import (ResultLog, bootstrap_ci, format_interval, main_exit_code, markdown_table, restatement, run_environment,
+                     spearman, write_results)
 from seal_env.config_cli import parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
@@ -188,13 +188,8 @@ def markdown(settings: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = parse_config(SamplingSettingsConfig, argv, __doc__.split("\n\n")[0], required=("data",))
-        SamplingSettings(config).run()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sampling_settings: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return main_exit_code("sampling_settings", lambda: SamplingSettings(
+        parse_config(SamplingSettingsConfig, argv, __doc__.split("\n\n")[0], required=("data",))).run())
 
 
 if __name__ == "__main__":

@@ -71,3 +71,11 @@ def test_summary_of_hand_made_records():
     assert stats["within_sd"]["mean"] == pytest.approx((1.0 + 0.25) / 2)
     assert stats["overlap_gain_r"] == pytest.approx(1.0)
     assert ss.summarise(records, "other") == {"n_passages": 0}
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert ss.main(["--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
+    assert ss.main(["--data", str(tmp_path / "missing.json"), "--settings", "rewrite@hot"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(line.startswith("sampling_settings: error: ") for line in errors)
+    assert "not a number" in errors[1]
