@@ -3,8 +3,8 @@ and the benchmarks share."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 import math
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np

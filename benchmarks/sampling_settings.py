@@ -21,8 +21,9 @@ Steps are appended to ``<out>/steps.jsonl`` (the same command resumes); the summ
 
 Example::
 
-    python benchmarks/sampling_settings.py --data ../shared/data/squad_train_passages.json --limit 6 \\
-        --settings implications@1.0,implications@0.7,rewrite@0.7,self-qa@0.7 --out results/sampling_settings
+    python benchmarks/sampling_settings.py --data ../shared/data/squad_train_passages.json --limit 6 --samples 4 \\
+        --settings implications@1.0,implications@0.5,rewrite@0.5,rewrite@1.0,self-qa@0.7 \\
+        --out results/sampling_settings --threads 1
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class SamplingSettings:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.config = config
-        self.settings = [parse_setting(s) for s in config.settings]
+        self.settings = {setting: parse_setting(setting) for setting in config.settings}
         self.passages = load_passages(config.data)[: config.limit]
         if len(self.passages) < 2:
             raise ValueError(f"{config.data}: needs at least 2 passages (the reward's control is another passage)")
@@ -112,7 +113,7 @@ class SamplingSettings:
         # One environment per format (its prompt); all share the model and the default reward.
         self.envs = {name: KnowledgeIncorporationEnv(self.passages, model=self.model, self_edit_format=name,
                                                      answer_generation=False)
-                     for name in dict.fromkeys(name for name, _ in self.settings)}
+                     for name in dict.fromkeys(name for name, _ in self.settings.values())}
         provenance = {"data": str(config.data), "model": config.model or DEFAULT_MODEL_NAME,
                       "samples": config.samples, "sample_tokens": config.sample_tokens, "seed": config.seed,
                       "inner_loop": next(iter(self.envs.values())).inner_loop.to_dict()}
@@ -129,12 +130,13 @@ class SamplingSettings:
         config = self.config
         work = [(setting, index) for setting in ["restatement", *config.settings] for index in range(len(self.passages))]
         for setting, index in tqdm(work, desc="settings x passages"):
-            if (setting, index, 0) in self.log:
+            last_sample = 0 if setting == "restatement" else config.samples - 1
+            if (setting, index, last_sample) in self.log:  # a unit's steps are logged in sample order
                 continue
             if setting == "restatement":
                 env, texts = next(iter(self.envs.values())), [restatement(self.passages[index].context)]
             else:
-                name, temperature = parse_setting(setting)
+                name, temperature = self.settings[setting]
                 env = self.envs[name]
                 texts = sample_self_edits(self.model[0], self.model[1], [env.observation(index)["prompt"]],
                                           n=config.samples, temperature=temperature,

@@ -52,6 +52,12 @@ def test_probe_steps_every_setting_resumes_and_summarises(tmp_path, tiny_lm, mon
         assert stats["n_self_edits"] == 4 and stats["gain"]["mean"] == pytest.approx(sum(gains) / 4)
         assert stats["best_of_k_gain"]["mean"] >= stats["gain"]["mean"]
     assert (tmp_path / "out" / "sampling_settings.md").read_text().startswith("| setting")
+    # A unit cut off after its first sample (the last line lost) is stepped again and completed.
+    log = tmp_path / "out" / "steps.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
+    completed = ss.SamplingSettings(config, model=tiny_lm).run()
+    assert completed["settings"]["self-qa@0.5"]["n_self_edits"] == 4
+    assert completed["settings"] == summary["settings"]  # seeded: the same samples and steps
     # Resumed: nothing is sampled or stepped again.
     monkeypatch.setattr(ss, "sample_self_edits", lambda *a, **k: pytest.fail("sampled again"))
     again = ss.SamplingSettings(config, model=tiny_lm).run()
