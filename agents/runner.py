@@ -114,6 +114,8 @@ class TrainingRun:
             check_run_folder(config, settings)
             if not config.resume:
                 write_atomic(self.directory / CONFIG_FILE, json.dumps(run_settings(config, settings), indent=2) + "\n")
+            else:  # an extended run's config.json states its new length
+                _record_rounds(self.directory / CONFIG_FILE, config.rounds)
         self.state.wait_for_everyone()
         self.log = RunLog(self.directory, self.state.process_index)
         if config.resume:
@@ -254,3 +256,10 @@ def _save_atomic(agent: Agent, target: Path) -> None:
     agent.save(staging)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
+
+
+def _record_rounds(config_file: Path, rounds: int) -> None:
+    """Set the round count in a resumed run's ``config.json`` (check_run_folder allowed only the same or more)."""
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    if saved.get("rounds") != rounds:
+        write_atomic(config_file, json.dumps({**saved, "rounds": rounds}, indent=2) + "\n")

@@ -35,7 +35,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     """Folder for config, logs, metrics, plot, TensorBoard files and the trained generator."""
     resume: bool = False
-    """Continue the interrupted run in output_dir from its log (same settings required)."""
+    """Continue the interrupted run in output_dir from its log (same settings required; more rounds extend it)."""
     rounds: int = 2
     """Training rounds (each followed by a held-out evaluation; round 0 evaluates the untrained generator)."""
     contexts_per_round: int = 4
@@ -174,6 +174,13 @@ def check_run_folder(config: TrainConfig, agent_config: dict[str, Any] | None = 
         changed = _changed_settings(saved, run_settings(config, agent_config), agent_config is not None)
         if changed:
             raise TrainSetupError(f"{directory}: cannot resume with changed settings: {', '.join(changed)}")
+        # More rounds extend a run: a round's contexts and seeds depend on its index, not on the total
+        # (round_contexts, derive_seed), so rounds 1..N are the same as in the shorter run.
+        if config.rounds < saved.get("rounds", config.rounds):
+            raise TrainSetupError(
+                f"{directory}: the run has {saved['rounds']} rounds; --resume can extend it (--rounds "
+                f"{saved['rounds']} or more), not shorten it"
+            )
     elif config_path.exists() or (directory / LOG_FILE).exists():
         raise TrainSetupError(f"{directory} already holds a run; pass --resume to continue it, or another --output-dir")
     elif directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
@@ -203,5 +210,5 @@ def _changed_settings(saved: dict[str, Any], current: dict[str, Any], compare_ag
         settings["device"] = str(pick_device(settings.get("device")))
     # The folder may be named differently (a relative path, say); where the steps run does not change
     # their results (agents.stepping), so a run may resume on other workers or another server.
-    ignored = ("resume", "output_dir", "ray_address", "ray_workers", "ray_gpus_per_worker", "env_url")
+    ignored = ("resume", "output_dir", "ray_address", "ray_workers", "ray_gpus_per_worker", "env_url", "rounds")
     return sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))

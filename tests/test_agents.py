@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -160,14 +161,14 @@ class CrashingStepper(SequentialStepper):
             yield result
 
 
-def run_rest_em(tokenizer, directory, *, resume=False, crash_after=None):
+def run_rest_em(tokenizer, directory, *, resume=False, crash_after=None, rounds=1):
     """One ReST-EM round on the tiny env: 6 steps (held-out 1, train 2 contexts x 2, held-out 1).
     A huge negative margin rewards every usable self-edit, so the round certainly fine-tunes."""
     env = tiny_env(tokenizer, reward_margin=-1e9)  # fresh objects each time: a resumed run is a new process
     config = RestEMConfig(samples_per_context=2, keep="rewarded", sft_epochs=1, **TINY_GENERATION)
     agent = RestEMAgent(make_tiny_model(tokenizer), tokenizer, config)
     stepper = CrashingStepper(env, crash_after)
-    job = TrainConfig(output_dir=str(directory), rounds=1, contexts_per_round=2, eval_contexts=1, resume=resume, seed=1)
+    job = TrainConfig(output_dir=str(directory), rounds=rounds, contexts_per_round=2, eval_contexts=1, resume=resume, seed=1)
     return SimpleNamespace(history=train(agent, env, job, stepper=stepper), stepper=stepper, agent=agent, directory=directory)
 
 
@@ -235,6 +236,19 @@ def test_run_killed_mid_round_and_resumed_equals_an_uninterrupted_run(rest_em_ru
     straight = load_file(rest_em_run.directory / "generator" / "adapter_model.safetensors")
     again = load_file(tmp_path / "generator" / "adapter_model.safetensors")
     assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def test_resume_with_more_rounds_extends_a_finished_run_as_if_it_had_been_that_long(rest_em_run, tokenizer, tmp_path):
+    extended, straight = tmp_path / "extended", tmp_path / "straight"
+    shutil.copytree(rest_em_run.directory, extended)
+    longer = run_rest_em(tokenizer, extended, resume=True, rounds=2)
+    assert longer.stepper.steps == 5, "round 1 is not redone: round 2's 4 training steps and its evaluation"
+    assert json.loads((extended / "config.json").read_text())["rounds"] == 2
+    reference = run_rest_em(tokenizer, straight, rounds=2)
+    drop_minutes = lambda rows: [{k: v for k, v in m.items() if k != "minutes"} for m in rows]  # noqa: E731
+    assert drop_minutes(longer.history) == drop_minutes(reference.history)
+    a, b = (load_file(d / "generator" / "adapter_model.safetensors") for d in (extended, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------- GRPO
@@ -402,8 +416,12 @@ def test_where_steps_run_is_checked_and_not_compared_on_resume(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(first.to_dict()))
     # The same run resumed on 4 Ray workers: the steps' results do not depend on where they ran.
     check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True, ray_address="auto", ray_workers=4))
-    with pytest.raises(TrainSetupError, match="rounds"):
-        check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=2, resume=True))
+    with pytest.raises(TrainSetupError, match="seed"):
+        check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True, seed=1))
+    check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=2, resume=True))  # more rounds extend the run
+    (tmp_path / "config.json").write_text(json.dumps({**first.to_dict(), "rounds": 2}))
+    with pytest.raises(TrainSetupError, match="not shorten"):
+        check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True))
 
 
 def test_learning_verdict_says_plainly_whether_the_change_is_evidence():
