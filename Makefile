@@ -12,11 +12,12 @@ TRAIN_ARGS ?=
 # self-edits are rewrites of the passage sampled at temperature 0.5, the prompt and temperature whose
 # untrained samples the reward ranks most by faithfulness (benchmarks/sampling_settings.py,
 # results/sampling_settings/). `make train` runs it small on the built-in passages; `make learning-run`
-# at full size on the 100 SQuAD training passages of ../shared/data (resume with TRAIN_ARGS=--resume).
+# at full size on the 100 SQuAD training passages of ../shared/data, 5 rounds (resume with TRAIN_ARGS=--resume;
+# its first 3 rounds are results/learning_run/rest_em_rewrite, a run extended to 5 with --resume --rounds 5).
 RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent rest-em --samples-per-context 4 --keep best \
 	--learning-rate 3e-4 --sft-epochs 3 --temperature 0.5
 SELF_EDIT_FORMAT := "self_edit_format": "rewrite"
-LEARNING_RUN := --rounds 3 --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
+LEARNING_RUN := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
 	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT)}'
 
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
@@ -41,10 +42,10 @@ train: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) --env-kwargs '{$(SELF_EDIT_FORMAT)}' --output-dir runs/rest-em $(TRAIN_ARGS)
 
 learning-run: $(STAMP)
-	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN) --output-dir results/learning_run/rest_em_rewrite $(TRAIN_ARGS)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN) --rounds 5 --output-dir results/learning_run/rest_em_rewrite_5r $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
-	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --output-dir results/learning_run/grpo $(TRAIN_ARGS)
+	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
