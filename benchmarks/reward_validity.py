@@ -97,7 +97,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "controlled-3": {"reward_metric": CONTROLLED, "control_passages": 3},
     "controlled-train-preset": {"reward_metric": CONTROLLED, "inner_loop": _TRAIN_PRESET},
     # What a self-edit adds beyond its passage, as knowledge_incorporation.py's rows train (passage +
-    # self-edit): a generator that learnt to copy its passage gains nothing here.
+    # self-edit) rather than the self-edit alone.
     "passage-plus": {"reward_metric": CONTROLLED, "include_passage": True, "baseline": "passage"},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
