@@ -12,6 +12,8 @@ import math
 import numpy as np
 import pytest
 
+from agents.base import StepRequest
+from agents.stepping import SequentialStepper, VectorStepper
 from conftest import info_numbers, weights_digest
 from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv
 from seal_env.tasks.arc import EXAMPLE_SELF_EDIT, ArcBudget, FewShotARCEnv, parse_self_edit
@@ -85,6 +87,21 @@ def test_divergence_in_the_vector_env_is_an_error_not_nan(tiny_lm):
     assert rewards.tolist() == [0.0, 0.0]
     assert all("diverged" in error for error in infos["error"])
     assert all(score is None for score in infos["score"])
+
+
+def test_an_unusable_self_edit_after_a_usable_one_in_a_batch_has_no_score_not_nan(tiny_lm):
+    # Gymnasium batches "score" into a float array when the first slot has one; the unusable second
+    # slot's None must come back as None (a NaN score made a learning run's held-out mean NaN).
+    envs = SelfAdaptVectorEnv(KnowledgeIncorporationEnv, 2, passages=PASSAGES, model=tiny_lm,
+                              inner_loop=InnerLoopConfig(epochs=1), max_answer_tokens=4)
+    requests = [StepRequest(0, 0, "", ONE_LINE), StepRequest(0, 1, "", ONE_LINE + "\x0b")]
+    stepped = list(VectorStepper(envs)(requests))
+    local = list(SequentialStepper(envs.env)(requests))
+    assert [reward for reward, _ in stepped] == [reward for reward, _ in local]
+    usable, unusable = (info for _, info in stepped)
+    assert math.isfinite(usable["score"]) and "control character" in unusable["error"]
+    assert unusable == local[1][1]  # score, gain, train_loss: None, as one environment reports them
+    assert_finite_info(unusable)
 
 
 def test_divergence_in_arc_is_an_error_not_nan(tiny_lm):
