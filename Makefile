@@ -20,12 +20,19 @@ SELF_EDIT_FORMAT := "self_edit_format": "rewrite"
 LEARNING_RUN := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
 	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT)}'
 
+# The same recipe judged as the evaluation benchmark judges a self-edit: trained together with its
+# passage, and rewarded when it beats the update on the passage alone (what it adds beyond reading).
+# The run above learnt to copy its passage, which adds nothing once the passage is trained too.
+PASSAGE_PLUS := "include_passage": true, "baseline": "passage"
+LEARNING_RUN_PLUS := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
+	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT), $(PASSAGE_PLUS)}'
+
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run grpo-run test
+.PHONY: install train learning-run learning-run-plus grpo-run test
 
 install: $(STAMP)
 
@@ -43,6 +50,9 @@ train: $(STAMP)
 
 learning-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN) --rounds 5 --output-dir results/learning_run/rest_em_rewrite_5r $(TRAIN_ARGS)
+
+learning-run-plus: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
