@@ -14,7 +14,9 @@ over passages:
 * ``overlap`` - the mean share of a self-edit's words that occur in its passage (copying), and
   ``overlap_gain_r`` - the Spearman correlation of overlap and gain, pooled over self-edits;
 
-plus, as a reference, the restatement's gain (the passage one sentence per line).
+plus, as a reference, the restatement's gain (the passage one sentence per line). ``--env-kwargs``
+changes the reward the environment computes (e.g. trained together with the passage, against the
+passage alone), as the train job's option of that name does.
 
 Steps are appended to ``<out>/steps.jsonl`` (the same command resumes); the summary goes to
 ``<out>/sampling_settings.json`` with a markdown table beside it.
@@ -28,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -75,6 +78,27 @@ class SamplingSettingsConfig:
     """torch CPU threads (default: torch's choice)."""
     out: Path = Path("runs/sampling_settings")
     """Folder of the resumable step log and the summary."""
+    env_kwargs: str = "{}"
+    """Extra keyword arguments of the environment as JSON, as ``seal-env train --env-kwargs`` takes them,
+    e.g. '{"include_passage": true, "baseline": "passage"}' (what a self-edit adds beyond its passage)."""
+
+
+# What each setting or the probe itself decides; --env-kwargs may not override them.
+_FIXED_ENV_KWARGS = ("passages", "model", "self_edit_format", "answer_generation")
+
+
+def parse_env_kwargs(text: str) -> dict[str, Any]:
+    """``--env-kwargs`` as a dict, with a clear error for anything but a JSON object of free settings."""
+    try:
+        kwargs = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"env_kwargs is not valid JSON ({error})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("env_kwargs must be a JSON object")
+    fixed = sorted(set(kwargs) & set(_FIXED_ENV_KWARGS))
+    if fixed:
+        raise ValueError(f"env_kwargs cannot set {', '.join(fixed)}: the probe sets them (use --data, --model, --settings)")
+    return kwargs
 
 
 def parse_setting(setting: str) -> tuple[str, float]:
@@ -109,14 +133,17 @@ class SamplingSettings:
         self.passages = load_passages(config.data)[: config.limit]
         if len(self.passages) < 2:
             raise ValueError(f"{config.data}: needs at least 2 passages (the reward's control is another passage)")
+        env_kwargs = parse_env_kwargs(config.env_kwargs)
         self.model = model or load_model(config.model, device=config.device)
-        # One environment per format (its prompt); all share the model and the default reward.
+        # One environment per format (its prompt); all share the model and the reward.
         self.envs = {name: KnowledgeIncorporationEnv(self.passages, model=self.model, self_edit_format=name,
-                                                     answer_generation=False)
+                                                     answer_generation=False, **env_kwargs)
                      for name in dict.fromkeys(name for name, _ in self.settings.values())}
         provenance = {"data": str(config.data), "model": config.model or DEFAULT_MODEL_NAME,
                       "samples": config.samples, "sample_tokens": config.sample_tokens, "seed": config.seed,
                       "inner_loop": next(iter(self.envs.values())).inner_loop.to_dict()}
+        if env_kwargs:  # absent when empty, so that logs written before the option still resume
+            provenance["env_kwargs"] = env_kwargs
         config.out.mkdir(parents=True, exist_ok=True)
         self.log = ResultLog(config.out / "steps.jsonl", provenance, ("setting", "passage", "sample"))
 

@@ -79,6 +79,24 @@ def test_summary_of_hand_made_records():
     assert ss.summarise(records, "other") == {"n_passages": 0}
 
 
+def test_env_kwargs_reach_the_environment_and_the_log_refuses_other_ones(tmp_path, tiny_lm):
+    torch.set_num_threads(1)
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps(PASSAGES), encoding="utf-8")
+    plus = '{"include_passage": true, "baseline": "passage", "reward_metric": "log_likelihood"}'
+    config = ss.SamplingSettingsConfig(data=data, settings=("rewrite@0.5",), limit=2, samples=1, sample_tokens=6,
+                                       out=tmp_path / "out", env_kwargs=plus)
+    probe = ss.SamplingSettings(config, model=tiny_lm)
+    env = probe.envs["rewrite"]
+    assert env.include_passage and env.baseline_mode == "passage" and env.reward_metric == "log_likelihood"
+    probe.run()
+    with pytest.raises(ValueError, match="env_kwargs"):  # a log of another reward is not resumed
+        ss.SamplingSettings(ss.SamplingSettingsConfig(**{**vars(config), "env_kwargs": "{}"}), model=tiny_lm)
+    for bad, message in [("[1]", "JSON object"), ("{", "not valid JSON"), ('{"self_edit_format": "rewrite"}', "cannot set")]:
+        with pytest.raises(ValueError, match=message):
+            ss.parse_env_kwargs(bad)
+
+
 def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
     assert ss.main(["--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
     assert ss.main(["--data", str(tmp_path / "missing.json"), "--settings", "rewrite@hot"]) == 2
