@@ -136,9 +136,12 @@ class SamplingSettings:
         env_kwargs = parse_env_kwargs(config.env_kwargs)
         self.model = model or load_model(config.model, device=config.device)
         # One environment per format (its prompt); all share the model and the reward.
-        self.envs = {name: KnowledgeIncorporationEnv(self.passages, model=self.model, self_edit_format=name,
-                                                     answer_generation=False, **env_kwargs)
-                     for name in dict.fromkeys(name for name, _ in self.settings.values())}
+        try:
+            self.envs = {name: KnowledgeIncorporationEnv(self.passages, model=self.model, self_edit_format=name,
+                                                         answer_generation=False, **env_kwargs)
+                         for name in dict.fromkeys(name for name, _ in self.settings.values())}
+        except TypeError as error:  # an argument the environment does not take
+            raise ValueError(f"env_kwargs: {error}") from None
         provenance = {"data": str(config.data), "model": config.model or DEFAULT_MODEL_NAME,
                       "samples": config.samples, "sample_tokens": config.sample_tokens, "seed": config.seed,
                       "inner_loop": next(iter(self.envs.values())).inner_loop.to_dict()}

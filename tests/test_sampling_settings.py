@@ -92,6 +92,9 @@ def test_env_kwargs_reach_the_environment_and_the_log_refuses_other_ones(tmp_pat
     probe.run()
     with pytest.raises(ValueError, match="env_kwargs"):  # a log of another reward is not resumed
         ss.SamplingSettings(ss.SamplingSettingsConfig(**{**vars(config), "env_kwargs": "{}"}), model=tiny_lm)
+    with pytest.raises(ValueError, match="env_kwargs: .*unexpected keyword argument 'reward_metrc'"):
+        ss.SamplingSettings(ss.SamplingSettingsConfig(**{**vars(config), "env_kwargs": '{"reward_metrc": "f1"}'}),
+                            model=tiny_lm)
     for bad, message in [("[1]", "JSON object"), ("{", "not valid JSON"), ('{"self_edit_format": "rewrite"}', "cannot set")]:
         with pytest.raises(ValueError, match=message):
             ss.parse_env_kwargs(bad)
