@@ -19,7 +19,6 @@ uninterrupted one did.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -80,11 +79,6 @@ def unbatch_info(infos: dict[str, Any], k: int) -> dict[str, Any]:
         info[key] = unbatch_info(value, k) if isinstance(value, dict) else value[k]
         if isinstance(info[key], np.generic):
             info[key] = info[key].item()
-        if isinstance(info[key], float) and math.isnan(info[key]):
-            # Gymnasium batches a key into a float array when its first slot's value is a float, and
-            # numpy stores a later slot's None there as NaN; the environments mark an unmeasured value
-            # with None and never report NaN (a non-finite evaluation is an error), so this is a None.
-            info[key] = None
     return info
 
 

@@ -173,6 +173,16 @@ class SelfAdaptVectorEnv(VectorEnv):
             stepped[i] = (reward, info)
         return stepped
 
+    def _add_info(self, vector_infos: dict[str, Any], env_info: dict[str, Any], env_num: int) -> dict[str, Any]:
+        """Gymnasium's batching of ``info``, keeping ``None`` (an unmeasured value, e.g. the score of an
+        unusable self-edit): Gymnasium makes a key's array of the first slot's type, and numpy would
+        store a later slot's ``None`` in a float array as NaN (or refuse it in an int array)."""
+        for key, value in env_info.items():
+            array = vector_infos.get(key)
+            if value is None and isinstance(array, np.ndarray) and array.dtype != object:
+                vector_infos[key] = array.astype(object)
+        return super()._add_info(vector_infos, env_info, env_num)
+
     def _reset_slot(self, slot: int, seed: int | None, index: Any) -> dict[str, Any]:
         if seed is not None:
             self._rngs[slot] = seeding.np_random(seed)[0]

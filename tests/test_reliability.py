@@ -91,7 +91,7 @@ def test_divergence_in_the_vector_env_is_an_error_not_nan(tiny_lm):
 
 def test_an_unusable_self_edit_after_a_usable_one_in_a_batch_has_no_score_not_nan(tiny_lm):
     # Gymnasium batches "score" into a float array when the first slot has one; the unusable second
-    # slot's None must come back as None (a NaN score made a learning run's held-out mean NaN).
+    # slot's None must stay None (a NaN score made a learning run's held-out mean NaN).
     envs = SelfAdaptVectorEnv(KnowledgeIncorporationEnv, 2, passages=PASSAGES, model=tiny_lm,
                               inner_loop=InnerLoopConfig(epochs=1), max_answer_tokens=4)
     requests = [StepRequest(0, 0, "", ONE_LINE), StepRequest(0, 1, "", ONE_LINE + "\x0b")]
@@ -102,6 +102,9 @@ def test_an_unusable_self_edit_after_a_usable_one_in_a_batch_has_no_score_not_na
     assert math.isfinite(usable["score"]) and "control character" in unusable["error"]
     assert unusable == local[1][1]  # score, gain, train_loss: None, as one environment reports them
     assert_finite_info(unusable)
+    envs.reset(options={"index": 0})
+    _, _, _, _, infos = envs.step((ONE_LINE, ONE_LINE + "\x0b"))  # the vector env's own infos too
+    assert math.isfinite(infos["score"][0]) and infos["score"][1] is None and infos["train_loss"][1] is None
 
 
 def test_divergence_in_arc_is_an_error_not_nan(tiny_lm):
