@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from agents.base import EVAL, TRAIN
+from seal_env.config_cli import json_object
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.models import pick_device
 
@@ -78,13 +79,11 @@ class TrainConfig:
         if self.inner_model not in ("base", "generator"):
             problems.append(f"inner_model must be 'base' or 'generator', got {self.inner_model!r}")
         try:
-            kwargs = json.loads(self.env_kwargs)
-        except json.JSONDecodeError as exc:
-            problems.append(f"env_kwargs is not valid JSON ({exc})")
+            kwargs = json_object(self.env_kwargs, "env_kwargs")
+        except ValueError as exc:
+            problems.append(str(exc))
         else:
-            if not isinstance(kwargs, dict):
-                problems.append("env_kwargs must be a JSON object")
-            elif {"model", "inner_loop"} & set(kwargs):
+            if {"model", "inner_loop"} & set(kwargs):
                 problems.append("env_kwargs cannot set model or inner_loop: use --model and the --inner-* options")
             elif kwargs and self.env_url is not None:
                 problems.append("env_kwargs are the server's settings with env_url: give them to seal-env serve")

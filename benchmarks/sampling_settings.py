@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -44,7 +43,7 @@ from tqdm.auto import tqdm
 
 from _common import (ResultLog, bootstrap_ci, format_interval, main_exit_code, markdown_table, restatement, run_environment,
                      spearman, write_results)
-from seal_env.config_cli import parse_config
+from seal_env.config_cli import json_object, parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
 from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, load_passages
@@ -89,12 +88,7 @@ _FIXED_ENV_KWARGS = ("passages", "model", "self_edit_format", "answer_generation
 
 def parse_env_kwargs(text: str) -> dict[str, Any]:
     """``--env-kwargs`` as a dict, with a clear error for anything but a JSON object of free settings."""
-    try:
-        kwargs = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"env_kwargs is not valid JSON ({error})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError("env_kwargs must be a JSON object")
+    kwargs = json_object(text, "env_kwargs")
     fixed = sorted(set(kwargs) & set(_FIXED_ENV_KWARGS))
     if fixed:
         raise ValueError(f"env_kwargs cannot set {', '.join(fixed)}: the probe sets them (use --data, --model, --settings)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import json
 import textwrap
 import types
 import typing
@@ -114,6 +115,18 @@ def add_option(group: argparse._ArgumentGroup, option: Option, help_text: str | 
         group.add_argument(
             flag, dest=option.dest, type=option.type, choices=option.choices, default=argparse.SUPPRESS, help=help_text
         )
+
+
+def json_object(text: str, name: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object (keyword arguments given on the command line, e.g.
+    ``--env-kwargs``); ValueError naming ``name`` for invalid JSON or another JSON value."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return value
 
 
 def comma_list(kind: type = str):

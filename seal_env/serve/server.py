@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hmac
-import json
 import os
 import signal
 import sys
@@ -28,6 +27,7 @@ from openenv.core.env_server.types import EnvironmentMetadata
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from seal_env import __version__
+from seal_env.config_cli import json_object
 from seal_env.env import SelfAdaptEnv, context_index
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.serve.messages import (
@@ -259,11 +259,9 @@ def server(env: gym.Env, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, 
 def serve_command(args: argparse.Namespace) -> int:
     """``seal-env serve``: load the environment, serve it until SIGINT or SIGTERM; the exit code."""
     try:
-        env_kwargs = json.loads(args.env_kwargs)
-    except json.JSONDecodeError as exc:
-        return _usage_error(f"--env-kwargs is not valid JSON ({exc})")
-    if not isinstance(env_kwargs, dict):
-        return _usage_error("--env-kwargs must be a JSON object")
+        env_kwargs = json_object(args.env_kwargs, "--env-kwargs")
+    except ValueError as exc:
+        return _usage_error(str(exc))
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV_VAR) or None
     try:
         env = make_env(args.env, env_kwargs, args.model)
