@@ -17,15 +17,15 @@ TRAIN_ARGS ?=
 RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent rest-em --samples-per-context 4 --keep best \
 	--learning-rate 3e-4 --sft-epochs 3 --temperature 0.5
 SELF_EDIT_FORMAT := "self_edit_format": "rewrite"
-LEARNING_RUN := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
-	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT)}'
+LEARNING_ENV := "passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT)
+LEARNING_BUDGET := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2
+LEARNING_RUN := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV)}'
 
 # The same recipe judged as the evaluation benchmark judges a self-edit: trained together with its
 # passage, and rewarded when it beats the update on the passage alone (what it adds beyond reading).
 # The run above learnt to copy its passage, which adds nothing once the passage is trained too.
 PASSAGE_PLUS := "include_passage": true, "baseline": "passage"
-LEARNING_RUN_PLUS := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2 \
-	--env-kwargs '{"passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT), $(PASSAGE_PLUS)}'
+LEARNING_RUN_PLUS := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV), $(PASSAGE_PLUS)}'
 
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
