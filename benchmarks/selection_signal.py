@@ -1,0 +1,182 @@
+"""What did ReST-EM's selection pick? The kept self-edits against their siblings, per training round.
+
+A knowledge run's score decides which of a context's sampled self-edits are fine-tuned on. This
+reads a finished (or running) `seal-env train` run's log and asks whether that choice favoured what the
+evaluation benchmark measures - the gold answers' log-likelihood after the update - or something
+else. For every training round, over the contexts with at least two usable samples:
+
+* ``gain``: the mean of the run's score minus its baseline's (what the reward thresholds);
+* ``own_gain``: the part of it in the gold answers' own log-likelihood (``log_likelihood`` after the
+  update minus the baseline's), and ``control_part``: the part from *other* passages' answers
+  (minus the change of ``control_log_likelihood``; only with the damage-controlled score, which
+  subtracts it, so that damage to other answers raises the score);
+* ``kept_own_advantage``: the kept self-edit's own gain minus its context's mean (the selection
+  differential on the benchmark's measure), and ``best_own_advantage``: the same for the sample that
+  selecting by the own gain would have kept;
+* ``kept_lines_advantage``: how many more training lines the kept self-edit had than its siblings,
+  and ``score_lines_r``: the within-context correlation of the score with the number of lines.
+
+Each mean comes with a 95% bootstrap interval over contexts (a context's samples are averaged first).
+The kept self-edits are recomputed with the run's own rule (:func:`agents.rest_em.select_self_edits`).
+Prints a markdown table and writes it with the numbers as JSON::
+
+    python benchmarks/selection_signal.py --run-dir results/learning_run/rest_em_rewrite_plus \\
+        --out results/learning_run/rest_em_rewrite_plus_selection
+
+Only reads the run's folder (a last line cut short by a run still writing is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from _common import format_interval, main_exit_code, markdown_table, write_json
+
+from agents.base import StepRecord
+from agents.rest_em import select_self_edits
+from agents.run_log import RunLog
+from agents.stats import bootstrap_ci
+from seal_env.config_cli import parse_config
+
+
+def _own_gain(record: StepRecord) -> float:
+    info = record.info
+    try:
+        return float(info["metrics"]["log_likelihood"]) - float(info["baseline_metrics"]["log_likelihood"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"step {record.key} has no gold log-likelihood for the update and its baseline "
+            f"(metrics/baseline_metrics 'log_likelihood'): only knowledge-incorporation runs can be read"
+        ) from error
+
+
+def _control_part(record: StepRecord) -> float | None:
+    metrics, baseline = record.info["metrics"], record.info["baseline_metrics"]
+    if "control_log_likelihood" not in metrics or "control_log_likelihood" not in (baseline or {}):
+        return None
+    return -(float(metrics["control_log_likelihood"]) - float(baseline["control_log_likelihood"]))
+
+
+def _interval(values: Sequence[float], n_resamples: int, seed: int) -> dict[str, float] | None:
+    return bootstrap_ci(values, n_resamples=n_resamples, seed=seed).to_dict() if values else None
+
+
+def _within_context_r(groups: Sequence[Sequence[tuple[float, float]]]) -> float | None:
+    """Pearson r of (x, y) pairs after subtracting each group's means: the association *among
+    siblings*, which is what best-of-k selection acts on."""
+    xs, ys = [], []
+    for pairs in groups:
+        x, y = np.array(pairs, dtype=float).T
+        xs.extend(x - x.mean())
+        ys.extend(y - y.mean())
+    if len(xs) < 3 or np.std(xs) == 0 or np.std(ys) == 0:
+        return None
+    return float(np.corrcoef(xs, ys)[0, 1])
+
+
+def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int, seed: int) -> dict[str, Any]:
+    """The selection statistics of one round's training steps (see the module docstring)."""
+    usable = [r for r in records if r.score is not None and not r.info.get("error")]
+    by_context: dict[int, list[StepRecord]] = defaultdict(list)
+    for record in usable:
+        by_context[record.context_index].append(record)
+    contexts = {c: rs for c, rs in sorted(by_context.items()) if len(rs) >= 2}
+    kept = {r.context_index: r for r in select_self_edits(usable, keep) if r.context_index in contexts}
+
+    gain, own, control, kept_own, best_own, kept_lines, lines_pairs = [], [], [], [], [], [], []
+    for context, siblings in contexts.items():
+        owns = [_own_gain(r) for r in siblings]
+        lines = [float(r.info.get("n_train_examples", math.nan)) for r in siblings]
+        gain.append(float(np.mean([r.info["gain"] for r in siblings])))
+        own.append(float(np.mean(owns)))
+        parts = [_control_part(r) for r in siblings]
+        if all(p is not None for p in parts):
+            control.append(float(np.mean(parts)))
+        best_own.append(max(owns) - float(np.mean(owns)))
+        if context in kept:
+            kept_own.append(_own_gain(kept[context]) - float(np.mean(owns)))
+            kept_lines.append(float(kept[context].info.get("n_train_examples", math.nan)) - float(np.mean(lines)))
+        lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
+    ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
+    return {
+        "round": records[0].round if records else None,
+        "n_contexts": len(contexts),
+        "n_kept": len(kept),
+        "gain": ci(gain),
+        "own_gain": ci(own),
+        "control_part": ci(control),
+        "kept_own_advantage": ci(kept_own),
+        "best_own_advantage": ci(best_own),
+        "kept_lines_advantage": ci(kept_lines),
+        "score_lines_r": _within_context_r(lines_pairs),
+    }
+
+
+def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir}: no config.json (is it a seal-env train output folder?)")
+    agent_config = json.loads(config_path.read_text(encoding="utf-8")).get("agent_config", {})
+    if "keep" not in agent_config:
+        raise ValueError(f"{run_dir}: the run's agent keeps no self-edits by reward (not a ReST-EM run)")
+    log = RunLog(run_dir)
+    log.read(repair=False)  # never write to the run's log
+    rounds = sorted({key[0] for key in log.steps if key[1] == "train"})
+    if not rounds:
+        raise ValueError(f"{run_dir}: no training steps in the log")
+    return {
+        "run": str(run_dir),
+        "keep": agent_config["keep"],
+        "rounds": [round_summary(log.records(r, "train"), agent_config["keep"], n_resamples=n_resamples, seed=seed)
+                   for r in rounds],
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    header = ["round", "contexts", "gain", "own gain", "control part", "kept: own advantage",
+              "best own advantage", "kept: extra lines", "score-lines r"]
+    fmt = lambda value: "—" if value is None else format_interval(value, digits=2)  # noqa: E731
+    rows = [
+        [entry["round"], entry["n_contexts"], fmt(entry["gain"]), fmt(entry["own_gain"]), fmt(entry["control_part"]),
+         fmt(entry["kept_own_advantage"]), fmt(entry["best_own_advantage"]), fmt(entry["kept_lines_advantage"]),
+         "—" if entry["score_lines_r"] is None else f"{entry['score_lines_r']:.2f}"]
+        for entry in summary["rounds"]
+    ]
+    return markdown_table(header, rows)
+
+
+@dataclass
+class SelectionConfig:
+    """Settings of a summary; the command line maps one to one onto these fields."""
+
+    run_dir: Path
+    """Output folder of a ReST-EM seal-env train run on the knowledge environment."""
+    out: Path | None = None
+    """Folder for selection_signal.json and .md (default: print only)."""
+    bootstrap_resamples: int = 10_000
+    """Bootstrap resamples of every interval."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_config(SelectionConfig, argv, __doc__.split("\n\n")[0], required=("run_dir",))
+
+    def work() -> None:
+        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
+        table = markdown(summary)
+        print(table)
+        if args.out:
+            write_json(args.out / "selection_signal.json", summary)
+            (args.out / "selection_signal.md").write_text(table, encoding="utf-8")
+
+    return main_exit_code("selection_signal", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

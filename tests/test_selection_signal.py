@@ -1,0 +1,81 @@
+"""The selection-signal summary (benchmarks/selection_signal.py) on a hand-written run log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import selection_signal  # noqa: E402
+
+from agents.run_log import RunLog  # noqa: E402
+
+
+def _step(context: int, sample: int, score: float | None, reward: float, own: float, control: float, lines: int) -> dict:
+    """A logged knowledge step whose update moved its own answers by ``own`` and other passages'
+    answers by ``-control`` (baseline log-likelihoods -3 and -9)."""
+    info = {"error": None if score is not None else "unusable", "score": score, "gain": None if score is None else score - 1.0,
+            "n_train_examples": lines,
+            "metrics": {"log_likelihood": -3.0 + own, "control_log_likelihood": -9.0 - control},
+            "baseline_metrics": {"log_likelihood": -3.0, "control_log_likelihood": -9.0}}
+    return {"round": 1, "phase": "train", "context_index": context, "sample": sample, "prompt": "p",
+            "self_edit": f"edit {context}.{sample}", "reward": reward, "info": info}
+
+
+def _write_run(directory: Path, steps: list[dict], agent_config: dict) -> Path:
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"agent_config": agent_config}), encoding="utf-8")
+    log = RunLog(directory)
+    log.append("round", {"metrics": {"round": 0}})
+    for step in steps:
+        log.append("step", step)
+    return directory
+
+
+STEPS = [
+    # Context 0: the best-scoring rewarded sample (kept) is not the one that taught its answers most.
+    _step(0, 0, score=2.0, reward=1.0, own=0.5, control=1.0, lines=4),
+    _step(0, 1, score=1.5, reward=1.0, own=1.0, control=0.0, lines=2),
+    _step(0, 2, score=0.5, reward=0.0, own=-0.5, control=-0.5, lines=3),
+    # Context 1: the kept sample is also the best by its own answers.
+    _step(1, 0, score=1.0, reward=1.0, own=0.2, control=0.3, lines=2),
+    _step(1, 1, score=0.0, reward=0.0, own=0.0, control=0.1, lines=2),
+    # Context 2: one usable sample has no siblings to be compared with; it is left out.
+    _step(2, 0, score=1.0, reward=1.0, own=9.0, control=0.0, lines=9),
+    _step(2, 1, score=None, reward=0.0, own=0.0, control=0.0, lines=0),
+]
+
+
+def test_selection_statistics_match_a_hand_computation(tmp_path):
+    run = _write_run(tmp_path / "run", STEPS, {"keep": "best"})
+    summary = selection_signal.summarise(run, n_resamples=200)
+    (entry,) = summary["rounds"]
+    assert entry["round"] == 1 and entry["n_contexts"] == 2 and entry["n_kept"] == 2
+    assert entry["own_gain"]["mean"] == pytest.approx((1 / 3 + 0.1) / 2)
+    assert entry["control_part"]["mean"] == pytest.approx((1 / 6 + 0.2) / 2)
+    assert entry["kept_own_advantage"]["mean"] == pytest.approx((0.5 - 1 / 3 + 0.1) / 2)
+    assert entry["best_own_advantage"]["mean"] == pytest.approx((1.0 - 1 / 3 + 0.1) / 2)
+    assert entry["kept_lines_advantage"]["mean"] == pytest.approx((1.0 + 0.0) / 2)
+    assert -1.0 <= entry["score_lines_r"] <= 1.0
+    assert entry["kept_own_advantage"]["low"] <= entry["kept_own_advantage"]["mean"] <= entry["kept_own_advantage"]["high"]
+
+
+def test_cli_writes_the_table_and_json(tmp_path):
+    run = _write_run(tmp_path / "run", STEPS, {"keep": "best"})
+    out = tmp_path / "out"
+    assert selection_signal.main(["--run-dir", str(run), "--out", str(out), "--bootstrap-resamples", "100"]) == 0
+    assert "kept: own advantage" in (out / "selection_signal.md").read_text(encoding="utf-8")
+    assert json.loads((out / "selection_signal.json").read_text(encoding="utf-8"))["keep"] == "best"
+
+
+def test_runs_it_cannot_read_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a ReST-EM run"):
+        selection_signal.summarise(_write_run(tmp_path / "grpo", STEPS, {"agent": "grpo"}))
+    without_likelihood = [dict(step, info={**step["info"], "metrics": {"accuracy": 1.0}}) for step in STEPS]
+    with pytest.raises(ValueError, match="only knowledge-incorporation runs"):
+        selection_signal.summarise(_write_run(tmp_path / "arc", without_likelihood, {"keep": "best"}))
+    with pytest.raises(ValueError, match="no config.json"):
+        selection_signal.summarise(tmp_path)
