@@ -12,7 +12,7 @@ else. For every training round, over the contexts with at least two usable sampl
   subtracts it, so that damage to other answers raises the score);
 * ``kept_own_advantage``: the kept self-edit's own gain minus its context's mean (the selection
   differential on the benchmark's measure), and ``best_own_advantage``: the same for the sample that
-  selecting by the own gain would have kept;
+  selecting by the own gain would have kept, over the same contexts (those where a sample was kept);
 * ``kept_lines_advantage``: how many more training lines the kept self-edit had than its siblings,
   and ``score_lines_r``: the within-context correlation of the score with the number of lines.
 
@@ -99,8 +99,8 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
         parts = [_control_part(r) for r in siblings]
         if all(p is not None for p in parts):
             control.append(float(np.mean(parts)))
-        best_own.append(max(owns) - float(np.mean(owns)))
         if context in kept:
+            best_own.append(max(owns) - float(np.mean(owns)))
             kept_own.append(_own_gain(kept[context]) - float(np.mean(owns)))
             kept_lines.append(float(kept[context].info.get("n_train_examples", math.nan)) - float(np.mean(lines)))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
