@@ -140,11 +140,11 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dic
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    header = ["round", "contexts", "gain", "own gain", "control part", "kept: own advantage",
+    header = ["round", "contexts (kept)", "gain", "own gain", "control part", "kept: own advantage",
               "best own advantage", "kept: extra lines", "score-lines r"]
     fmt = lambda value: "—" if value is None else format_interval(value, digits=2)  # noqa: E731
     rows = [
-        [entry["round"], entry["n_contexts"], fmt(entry["gain"]), fmt(entry["own_gain"]), fmt(entry["control_part"]),
+        [entry["round"], f"{entry['n_contexts']} ({entry['n_kept']})", fmt(entry["gain"]), fmt(entry["own_gain"]), fmt(entry["control_part"]),
          fmt(entry["kept_own_advantage"]), fmt(entry["best_own_advantage"]), fmt(entry["kept_lines_advantage"]),
          "—" if entry["score_lines_r"] is None else f"{entry['score_lines_r']:.2f}"]
         for entry in summary["rounds"]
