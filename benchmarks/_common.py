@@ -122,6 +122,18 @@ def restatement(passage: str) -> str:
     return "\n".join(sentences(passage))
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def word_overlap(self_edit: str, passage: str) -> float:
+    """The share of the self-edit's words (lower-cased alphanumeric runs) that occur in the passage."""
+    words = _WORD.findall(self_edit.lower())
+    if not words:
+        return 0.0
+    vocabulary = set(_WORD.findall(passage.lower()))
+    return sum(word in vocabulary for word in words) / len(words)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (a reader never sees a half-written file)."""
     path = Path(path)

@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -42,14 +41,11 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import (ResultLog, bootstrap_ci, format_interval, main_exit_code, markdown_table, restatement, run_environment,
-                     spearman, write_results)
+                     spearman, word_overlap, write_results)
 from seal_env.config_cli import json_object, parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
 from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, load_passages
-
-_WORD = re.compile(r"[a-z0-9]+")
-
 
 @dataclass
 class SamplingSettingsConfig:
@@ -107,15 +103,6 @@ def parse_setting(setting: str) -> tuple[str, float]:
     if value <= 0:
         raise ValueError(f"setting {setting!r}: the temperature must be above 0")
     return name, value
-
-
-def word_overlap(self_edit: str, passage: str) -> float:
-    """The share of the self-edit's words (lower-cased alphanumeric runs) that occur in the passage."""
-    words = _WORD.findall(self_edit.lower())
-    if not words:
-        return 0.0
-    vocabulary = set(_WORD.findall(passage.lower()))
-    return sum(word in vocabulary for word in words) / len(words)
 
 
 class SamplingSettings:

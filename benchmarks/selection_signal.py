@@ -14,7 +14,11 @@ else. For every training round, over the contexts with at least two usable sampl
   differential on the benchmark's measure), and ``best_own_advantage``: the same for the sample that
   selecting by the own gain would have kept, over the same contexts (those where a sample was kept);
 * ``kept_lines_advantage``: how many more training lines the kept self-edit had than its siblings,
-  and ``score_lines_r``: the within-context correlation of the score with the number of lines.
+  and ``score_lines_r``: the within-context correlation of the score with the number of lines;
+* ``overlap``: the share of a sample's words found in its prompt (which holds the passage: how much
+  it copies), and ``kept_overlap_advantage``: how much more the kept self-edit copied than its
+  siblings. A round-on-round rise of ``overlap`` that selection did not favour comes from the
+  fine-tuning on the generator's own samples, not from the reward.
 
 Each mean comes with a 95% bootstrap interval over contexts (a context's samples are averaged first).
 The kept self-edits are recomputed with the run's own rule (:func:`agents.rest_em.select_self_edits`).
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from _common import format_interval, main_exit_code, markdown_table, write_json
+from _common import format_interval, main_exit_code, markdown_table, word_overlap, write_json
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
@@ -91,8 +95,11 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
     kept = {r.context_index: r for r in select_self_edits(usable, keep) if r.context_index in contexts}
 
     gain, own, control, kept_own, best_own, kept_lines, lines_pairs = [], [], [], [], [], [], []
+    overlap, kept_overlap = [], []
     for context, siblings in contexts.items():
         owns = [_own_gain(r) for r in siblings]
+        overlaps = [word_overlap(r.self_edit, r.prompt) for r in siblings]
+        overlap.append(float(np.mean(overlaps)))
         lines = [float(r.info.get("n_train_examples", math.nan)) for r in siblings]
         gain.append(float(np.mean([r.info["gain"] for r in siblings])))
         own.append(float(np.mean(owns)))
@@ -103,6 +110,7 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
             best_own.append(max(owns) - float(np.mean(owns)))
             kept_own.append(_own_gain(kept[context]) - float(np.mean(owns)))
             kept_lines.append(float(kept[context].info.get("n_train_examples", math.nan)) - float(np.mean(lines)))
+            kept_overlap.append(word_overlap(kept[context].self_edit, kept[context].prompt) - float(np.mean(overlaps)))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
     return {
@@ -116,6 +124,8 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
         "best_own_advantage": ci(best_own),
         "kept_lines_advantage": ci(kept_lines),
         "score_lines_r": _within_context_r(lines_pairs),
+        "overlap": ci(overlap),
+        "kept_overlap_advantage": ci(kept_overlap),
     }
 
 
@@ -141,12 +151,13 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dic
 
 def markdown(summary: dict[str, Any]) -> str:
     header = ["round", "contexts (kept)", "gain", "own gain", "control part", "kept: own advantage",
-              "best own advantage", "kept: extra lines", "score-lines r"]
+              "best own advantage", "kept: extra lines", "score-lines r", "overlap", "kept: extra overlap"]
     fmt = lambda value: "—" if value is None else format_interval(value, digits=2)  # noqa: E731
     rows = [
         [entry["round"], f"{entry['n_contexts']} ({entry['n_kept']})", fmt(entry["gain"]), fmt(entry["own_gain"]), fmt(entry["control_part"]),
          fmt(entry["kept_own_advantage"]), fmt(entry["best_own_advantage"]), fmt(entry["kept_lines_advantage"]),
-         "—" if entry["score_lines_r"] is None else f"{entry['score_lines_r']:.2f}"]
+         "—" if entry["score_lines_r"] is None else f"{entry['score_lines_r']:.2f}",
+         fmt(entry["overlap"]), fmt(entry["kept_overlap_advantage"])]
         for entry in summary["rounds"]
     ]
     return markdown_table(header, rows)

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import sampling_settings as ss  # noqa: E402
+from _common import word_overlap  # noqa: E402
 
 PASSAGES = [
     {"title": "Velmora Bridge", "context": "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
@@ -29,9 +30,9 @@ def test_settings_parse_with_clear_errors():
 
 
 def test_word_overlap_is_the_share_of_words_found_in_the_passage():
-    assert ss.word_overlap("Talia Norwin, ochre!", "The bridge is ochre; Talia Norwin built it.") == 1.0
-    assert ss.word_overlap("Talia invented radio", "Talia Norwin") == pytest.approx(1 / 3)
-    assert ss.word_overlap("", "anything") == 0.0
+    assert word_overlap("Talia Norwin, ochre!", "The bridge is ochre; Talia Norwin built it.") == 1.0
+    assert word_overlap("Talia invented radio", "Talia Norwin") == pytest.approx(1 / 3)
+    assert word_overlap("", "anything") == 0.0
 
 
 def test_probe_steps_every_setting_resumes_and_summarises(tmp_path, tiny_lm, monkeypatch):

@@ -21,8 +21,8 @@ def _step(context: int, sample: int, score: float | None, reward: float, own: fl
             "n_train_examples": lines,
             "metrics": {"log_likelihood": -3.0 + own, "control_log_likelihood": -9.0 - control},
             "baseline_metrics": {"log_likelihood": -3.0, "control_log_likelihood": -9.0}}
-    return {"round": 1, "phase": "train", "context_index": context, "sample": sample, "prompt": "p",
-            "self_edit": f"edit {context}.{sample}", "reward": reward, "info": info}
+    return {"round": 1, "phase": "train", "context_index": context, "sample": sample, "prompt": "Passage: copied words",
+            "self_edit": ("copied words " if lines == 4 else "new words ") + str(context), "reward": reward, "info": info}
 
 
 def _write_run(directory: Path, steps: list[dict], agent_config: dict) -> Path:
@@ -60,6 +60,9 @@ def test_selection_statistics_match_a_hand_computation(tmp_path):
     assert entry["best_own_advantage"]["mean"] == pytest.approx((1.0 - 1 / 3 + 0.1) / 2)
     assert entry["kept_lines_advantage"]["mean"] == pytest.approx((1.0 + 0.0) / 2)
     assert -1.0 <= entry["score_lines_r"] <= 1.0
+    # Context 0's kept sample has 2 of its 3 words in its prompt, every other sample 1 of 3.
+    assert entry["overlap"]["mean"] == pytest.approx(((2 / 3 + 1 / 3 + 1 / 3) / 3 + 1 / 3) / 2)
+    assert entry["kept_overlap_advantage"]["mean"] == pytest.approx((2 / 3 - 4 / 9 + 0) / 2)
     assert entry["kept_own_advantage"]["low"] <= entry["kept_own_advantage"]["mean"] <= entry["kept_own_advantage"]["high"]
 
 
