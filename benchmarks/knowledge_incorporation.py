@@ -116,6 +116,9 @@ class BenchmarkConfig:
     """``single``, ``cpt`` or ``continual``."""
     limit: int | None = None
     """single mode: use the first N passages (default: all)."""
+    first_passage: int = 0
+    """single mode: start at this passage (0-based) instead of the first, e.g. to confirm a result on
+    passages that the evaluations which chose it never used. Counted before ``--limit``."""
     n_passages: int | None = None
     """cpt / continual modes: how many passages (the first N; default 10 / 8)."""
     rows: list[str] | None = field(default=None, metadata={"parse": lambda text: [k.strip() for k in text.split(",") if k.strip()]})
@@ -162,6 +165,8 @@ class BenchmarkConfig:
             raise ValueError("--n-passages is for the cpt and continual modes; use --limit in single mode")
         if self.mode != "single" and self.limit is not None:
             raise ValueError(f"--limit is for the single mode; use --n-passages in {self.mode} mode")
+        if self.first_passage < 0 or (self.first_passage and self.mode != "single"):
+            raise ValueError(f"--first-passage must be >= 0 and is for the single mode, got {self.first_passage} in {self.mode} mode")
         if self.shard is not None:
             if self.mode != "single":
                 raise ValueError("--shard is for the single mode (cpt and continual train one model in sequence)")
@@ -314,7 +319,10 @@ class Benchmark:
         n = config.limit if config.mode == "single" else config.n_passages
         if config.mode != "single" and n > len(self.all_passages):
             raise ValueError(f"--n-passages {n} but {config.data} has only {len(self.all_passages)} passages")
-        self.passages = self.all_passages[: n or len(self.all_passages)]
+        start = config.first_passage
+        if start >= len(self.all_passages):
+            raise ValueError(f"--first-passage {start} but {config.data} has only {len(self.all_passages)} passages")
+        self.passages = self.all_passages[start : start + (n or len(self.all_passages))]
         self.indices = list(range(len(self.passages)))
         if model is None:
             model = load_model(config.model, device=config.device)
@@ -358,7 +366,7 @@ class Benchmark:
             ResultLog(
                 config.out / "self_edits.jsonl",
                 {
-                    **{k: provenance[k] for k in ("data_sha256", "model", "generator_sha256")},
+                    **{k: provenance[k] for k in ("data_sha256", "first_passage", "model", "generator_sha256") if k in provenance},
                     **{k: getattr(config, k) for k in sample_settings},
                     **self._format_setting(),
                 },
@@ -373,6 +381,8 @@ class Benchmark:
         c = self.config
         return {
             "data_sha256": file_digest(c.data),
+            # Absent for the default, so that logs written before the option existed still resume.
+            **({"first_passage": c.first_passage} if c.first_passage else {}),
             "model": c.model or self.model_label,
             "generator_sha256": file_digest(c.generator) if c.generator else None,
             "inner_loop": self.env.inner_loop.to_dict(),

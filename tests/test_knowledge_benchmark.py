@@ -280,6 +280,17 @@ def test_self_edit_format_sets_the_sampling_prompt_and_is_part_of_the_logs_setti
         bench.Benchmark(make_config(data_file, tmp_path / "out", rows=["untrained"]), model=tiny_lm)
 
 
+def test_first_passage_evaluates_later_passages_in_their_own_logs(data_file, tmp_path, tiny_lm):
+    out = tmp_path / "out"
+    benchmark = bench.Benchmark(make_config(data_file, out, rows=["base"], first_passage=1, limit=1), model=tiny_lm)
+    assert [p.title for p in benchmark.passages] == ["Lake Orsovane"]
+    summary = benchmark.run()
+    assert summary["rows"][0]["n_passages"] == 1
+    assert json.loads((out / "single.log.jsonl").read_text(encoding="utf-8").splitlines()[0])["config"]["first_passage"] == 1
+    with pytest.raises(ValueError, match="first_passage"):  # its log holds other passages than the first
+        bench.Benchmark(make_config(data_file, out, rows=["base"], limit=1), model=tiny_lm)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -290,6 +301,8 @@ def test_self_edit_format_sets_the_sampling_prompt_and_is_part_of_the_logs_setti
         (dict(mode="cpt", n_passages=3), "only 2 passages"),
         (dict(shard=(2, 2)), "0 <= I < N"),
         (dict(mode="cpt", shard=(0, 2)), "--shard is for the single mode"),
+        (dict(first_passage=2), "has only 2 passages"),
+        (dict(mode="cpt", first_passage=1), "--first-passage"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(data_file, tmp_path, tiny_lm, overrides, message):
