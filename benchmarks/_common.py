@@ -27,10 +27,12 @@ import platform
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 
 from agents.stats import Interval, bootstrap_ci, pearson, spearman  # noqa: F401  (re-exported for the benchmarks)
+from seal_env.config_cli import parse_config
 from seal_env.jsonl import JsonlLog
 
 if TYPE_CHECKING:
@@ -193,3 +195,39 @@ def main_exit_code(script: str, work: Callable[[], Any]) -> int:
         print(f"{script}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+@dataclass
+class RunSummaryConfig:
+    """Settings of a summary of a `seal-env train` run's folder; the command line maps one to one onto
+    these fields."""
+
+    run_dir: Path
+    """Output folder of a seal-env train run."""
+    out: Path | None = None
+    """Folder for the summary's JSON and markdown table (default: print only)."""
+    bootstrap_resamples: int = 10_000
+    """Bootstrap resamples of every interval."""
+
+
+def run_summary_main(
+    name: str,
+    description: str,
+    summarise: Callable[..., dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The command line of a script that summarises a run folder: ``summarise(run_dir,
+    n_resamples=...)`` then ``markdown(summary)``, printed and, with ``--out``, written as
+    ``<out>/<name>.json`` and ``<out>/<name>.md``."""
+    args = parse_config(RunSummaryConfig, argv, description, required=("run_dir",))
+
+    def work() -> None:
+        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
+        table = markdown(summary)
+        print(table)
+        if args.out:
+            write_json(args.out / f"{name}.json", summary)
+            (args.out / f"{name}.md").write_text(table, encoding="utf-8")
+
+    return main_exit_code(name, work)

@@ -21,15 +21,13 @@ ignored and left in the file, so it can also look at a run in progress (its fini
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import format_interval, main_exit_code, markdown_table, write_json
+from _common import format_interval, markdown_table, run_summary_main
 
 from agents.held_out import held_out_rounds
 from agents.run_log import RunLog
-from seal_env.config_cli import parse_config
 
 
 def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
@@ -70,30 +68,8 @@ def markdown(summary: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
-@dataclass
-class HeldOutConfig:
-    """Settings of a summary; the command line maps one to one onto these fields."""
-
-    run_dir: Path
-    """Output folder of a seal-env train run."""
-    out: Path | None = None
-    """Folder for held_out_rounds.json and .md (default: print only)."""
-    bootstrap_resamples: int = 10_000
-    """Bootstrap resamples of every interval."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_config(HeldOutConfig, argv, __doc__.split("\n\n")[0], required=("run_dir",))
-
-    def work() -> None:
-        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
-        table = markdown(summary)
-        print(table)
-        if args.out:
-            write_json(args.out / "held_out_rounds.json", summary)
-            (args.out / "held_out_rounds.md").write_text(table, encoding="utf-8")
-
-    return main_exit_code("held_out_rounds", work)
+    return run_summary_main("held_out_rounds", __doc__.split("\n\n")[0], summarise, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -36,18 +36,16 @@ import json
 import math
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from _common import format_interval, main_exit_code, markdown_table, word_overlap, write_json
+from _common import format_interval, markdown_table, run_summary_main, word_overlap
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
 from agents.run_log import RunLog
 from agents.stats import bootstrap_ci
-from seal_env.config_cli import parse_config
 
 
 def _own_gain(record: StepRecord) -> float:
@@ -163,30 +161,8 @@ def markdown(summary: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
-@dataclass
-class SelectionConfig:
-    """Settings of a summary; the command line maps one to one onto these fields."""
-
-    run_dir: Path
-    """Output folder of a ReST-EM seal-env train run on the knowledge environment."""
-    out: Path | None = None
-    """Folder for selection_signal.json and .md (default: print only)."""
-    bootstrap_resamples: int = 10_000
-    """Bootstrap resamples of every interval."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_config(SelectionConfig, argv, __doc__.split("\n\n")[0], required=("run_dir",))
-
-    def work() -> None:
-        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
-        table = markdown(summary)
-        print(table)
-        if args.out:
-            write_json(args.out / "selection_signal.json", summary)
-            (args.out / "selection_signal.md").write_text(table, encoding="utf-8")
-
-    return main_exit_code("selection_signal", work)
+    return run_summary_main("selection_signal", __doc__.split("\n\n")[0], summarise, markdown, argv)
 
 
 if __name__ == "__main__":
