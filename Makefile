@@ -30,7 +30,7 @@ LEARNING_RUN_PLUS := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV), $(PASSAG
 # The same, selecting by the benchmark's own measure: the gold answers' log-likelihood after passage +
 # self-edit, not the damage-controlled score. In the runs above that score's selection was driven as
 # much by the update's damage to other passages' answers (which grows with the number of lines) as by
-# what the self-edit taught (README, "Selecting by what the benchmark measures").
+# what the self-edit taught (README, "What ReST-EM kept, and selecting by the benchmark's measure").
 OWN_LIKELIHOOD := "reward_metric": "log_likelihood"
 LEARNING_RUN_PLUS_LL := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV), $(PASSAGE_PLUS), $(OWN_LIKELIHOOD)}'
 
