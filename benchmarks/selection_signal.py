@@ -46,6 +46,7 @@ from agents.base import StepRecord
 from agents.rest_em import select_self_edits
 from agents.run_log import RunLog
 from agents.stats import bootstrap_ci
+from agents.train_config import CONFIG_FILE
 
 
 def _own_gain(record: StepRecord) -> float:
@@ -105,10 +106,11 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
         if all(p is not None for p in parts):
             control.append(float(np.mean(parts)))
         if context in kept:
+            k = siblings.index(kept[context])
             best_own.append(max(owns) - float(np.mean(owns)))
-            kept_own.append(_own_gain(kept[context]) - float(np.mean(owns)))
-            kept_lines.append(float(kept[context].info.get("n_train_examples", math.nan)) - float(np.mean(lines)))
-            kept_overlap.append(word_overlap(kept[context].self_edit, kept[context].prompt) - float(np.mean(overlaps)))
+            kept_own.append(owns[k] - float(np.mean(owns)))
+            kept_lines.append(lines[k] - float(np.mean(lines)))
+            kept_overlap.append(overlaps[k] - float(np.mean(overlaps)))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
     return {
@@ -128,9 +130,9 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
 
 
 def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise ValueError(f"{run_dir}: no config.json (is it a seal-env train output folder?)")
+        raise ValueError(f"{run_dir}: no {CONFIG_FILE} (is it a seal-env train output folder?)")
     agent_config = json.loads(config_path.read_text(encoding="utf-8")).get("agent_config", {})
     if "keep" not in agent_config:
         raise ValueError(f"{run_dir}: the run's agent keeps no self-edits by reward (not a ReST-EM run)")
