@@ -17,7 +17,8 @@ TRAIN_ARGS ?=
 RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent rest-em --samples-per-context 4 --keep best \
 	--learning-rate 3e-4 --sft-epochs 3 --temperature 0.5
 SELF_EDIT_FORMAT := "self_edit_format": "rewrite"
-LEARNING_ENV := "passages": "../shared/data/squad_train_passages.json", "answer_generation": false, $(SELF_EDIT_FORMAT)
+LEARNING_DATA := "passages": "../shared/data/squad_train_passages.json", $(SELF_EDIT_FORMAT)
+LEARNING_ENV := $(LEARNING_DATA), "answer_generation": false
 LEARNING_BUDGET := --contexts-per-round 30 --eval-contexts 10 --eval-samples 2
 LEARNING_RUN := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV)}'
 
@@ -34,12 +35,18 @@ LEARNING_RUN_PLUS := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV), $(PASSAG
 OWN_LIKELIHOOD := "reward_metric": "log_likelihood"
 LEARNING_RUN_PLUS_LL := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV), $(PASSAGE_PLUS), $(OWN_LIKELIHOOD)}'
 
+# The same, selecting by the other half of the issue's bar: answer containment after passage +
+# self-edit (greedy answers during training), rewarded when it beats the passage alone. Selecting by
+# the gold log-likelihood raised that log-likelihood on the evaluation passages, not containment.
+CONTAINMENT := "reward_metric": "contains"
+LEARNING_RUN_PLUS_CONTAINS := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(CONTAINMENT)}'
+
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run learning-run-plus learning-run-plus-ll grpo-run test
+.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains grpo-run test
 
 install: $(STAMP)
 
@@ -63,6 +70,9 @@ learning-run-plus: $(STAMP)
 
 learning-run-plus-ll: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_LL) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_ll $(TRAIN_ARGS)
+
+learning-run-plus-contains: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_CONTAINS) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_contains $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
