@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from _common import format_interval, markdown_table
+from _common import bootstrap_ci, format_interval, markdown_table
 
 METRICS = ("exact_match", "f1", "contains", "log_likelihood")
 METRIC_LABELS = {
@@ -23,8 +23,27 @@ def _scale(metric: str) -> tuple[float, int]:
     return (1.0, 2) if metric == "log_likelihood" else (100.0, 1)
 
 
-def _intervals(intervals: dict[str, dict[str, float]]) -> list[str]:
+def metric_cells(intervals: dict[str, dict[str, float]]) -> list[str]:
+    """Table cells of intervals, one per metric in :data:`METRICS` order (text metrics as percentages)."""
     return [format_interval(intervals[m], scale=_scale(m)[0], digits=_scale(m)[1]) for m in METRICS]
+
+
+def paired_difference(
+    records: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]], *, n_resamples: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Per metric, the mean of ``records`` minus ``reference`` (logged single-mode records of the same
+    passages, in the same order), weighted by each passage's questions, with a bootstrap interval
+    over passages."""
+    weights = [r["n_questions"] for r in records]
+    return {
+        m: bootstrap_ci(
+            [r["metrics"][m] - p["metrics"][m] for r, p in zip(records, reference, strict=True)],
+            weights,
+            n_resamples=n_resamples,
+            seed=seed,
+        ).to_dict()
+        for m in METRICS
+    }
 
 
 def markdown_results(summary: dict[str, Any]) -> str:
@@ -35,7 +54,7 @@ def markdown_results(summary: dict[str, Any]) -> str:
         [
             row["name"] + (f" ({row['n_errors']} unusable self-edits)" if row["n_errors"] else ""),
             row["n_passages"],
-            *_intervals(row["metrics"]),
+            *metric_cells(row["metrics"]),
             f"{row['seconds_per_passage']['median']:.1f}",
             "—" if row["paper_accuracy"] is None else f"{row['paper_accuracy']:.1f}",
         ]
@@ -46,13 +65,13 @@ def markdown_results(summary: dict[str, Any]) -> str:
     if paired:
         text += "\nPaired difference from training on the passage only (same passages; 95% bootstrap interval):\n\n"
         header = ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
-        text += markdown_table(header, [[r["name"], *_intervals(r["vs_passage"])] for r in paired])
+        text += markdown_table(header, [[r["name"], *metric_cells(r["vs_passage"])] for r in paired])
     trained = [r for r in summary["rows"] if "vs_untrained" in r]
     if trained:
         text += ("\nPaired difference of the trained generator's self-edits from the untrained model's (same "
                  "passages; 95% bootstrap interval):\n\n")
         header = ["row", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
-        text += markdown_table(header, [[r["name"], *_intervals(r["vs_untrained"])] for r in trained])
+        text += markdown_table(header, [[r["name"], *metric_cells(r["vs_untrained"])] for r in trained])
     return text
 
 

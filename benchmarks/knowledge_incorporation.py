@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import ResultLog, bootstrap_ci, file_digest, load_generator, main_exit_code, run_environment, write_json
-from _knowledge_report import METRICS, markdown_continual, markdown_results, plot_bars, plot_heat_maps
+from _knowledge_report import METRICS, markdown_continual, markdown_results, paired_difference, plot_bars, plot_heat_maps
 from seal_env.config_cli import parse_config
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
@@ -596,16 +596,7 @@ class Benchmark:
                 }
             )
         def paired(key: str, reference: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-            records = per_row[key]
-            return {
-                m: bootstrap_ci(
-                    [r["metrics"][m] - p["metrics"][m] for r, p in zip(records, reference)],
-                    [r["n_questions"] for r in records],
-                    n_resamples=c.bootstrap_resamples,
-                    seed=c.seed,
-                ).to_dict()
-                for m in METRICS
-            }
+            return paired_difference(per_row[key], reference, n_resamples=c.bootstrap_resamples, seed=c.seed)
 
         for entry in rows:
             if "passage" in per_row and entry["key"] not in ("passage", "base"):

@@ -1,0 +1,143 @@
+"""Paired differences between rows of two knowledge-benchmark runs on the same passages.
+
+``knowledge_incorporation.py`` pairs rows within one run (each row against the passage alone, the
+trained generator against the untrained one). This pairs rows that were measured in different runs:
+for instance the external self-edit sets of the 50-passage run against the untrained model's rewrites
+of a generator's evaluation, to see how large a difference the evaluation can resolve. Both runs must
+have evaluated the same data with the same model, inner loop and answer length (so the same
+self-edit gets the same update and the same answers); anything else in their settings, such as how
+self-edits were sampled, may differ. Each difference is the question-weighted mean over the passages
+both runs have, with the benchmark's bootstrap interval over passages::
+
+    python benchmarks/compare_rows.py --reference results/learning_run/eval_50_rewrite:untrained \\
+        --rows results/knowledge:seal-iter2-qwen2.5-7b,results/knowledge:gpt-4.1 \\
+        --out results/learning_run/external_vs_untrained_rewrites
+
+Only reads the runs' ``single.log.jsonl``; prints a markdown table and, with ``--out``, writes it with
+the numbers as ``compare_rows.json`` / ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from _common import main_exit_code, markdown_table, write_results
+from _knowledge_report import METRIC_LABELS, METRICS, paired_difference, metric_cells
+from seal_env.config_cli import parse_config
+
+LOG_NAME = "single.log.jsonl"
+# What decides a self-edit's update and its answers: runs that differ here measure different things.
+MEASUREMENT_SETTINGS = ("data_sha256", "model", "inner_loop", "max_answer_tokens", "mode")
+
+
+def _split_row(text: str) -> tuple[Path, str]:
+    folder, sep, row = text.strip().rpartition(":")
+    if not sep or not folder or not row:
+        raise argparse.ArgumentTypeError(f"expected RUN_FOLDER:ROW, got {text!r}")
+    return Path(folder), row
+
+
+@dataclass
+class CompareConfig:
+    """Settings of a comparison; the command line maps one to one onto these fields."""
+
+    reference: tuple[Path, str] = field(metadata={"parse": _split_row})
+    """``RUN_FOLDER:ROW``: the row every other one is compared with."""
+    rows: list[tuple[Path, str]] = field(
+        default_factory=list, metadata={"parse": lambda text: [_split_row(t) for t in text.split(",") if t.strip()]}
+    )
+    """``RUN_FOLDER:ROW,...``: the rows to compare with the reference."""
+    out: Path | None = None
+    """Folder for ``compare_rows.json`` and ``.md`` (default: print only)."""
+    bootstrap_resamples: int = 10_000
+    """Bootstrap resamples of every interval."""
+    seed: int = 0
+    """Seeds the bootstrap."""
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
+    """``(settings, {(row, passage): record})`` of a single-mode run's log; a line cut short by a run
+    still writing is skipped."""
+    path = folder / LOG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no knowledge-benchmark log (run knowledge_incorporation.py --out {folder})")
+    settings: dict[str, Any] | None = None
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "config" in entry:
+            settings = entry["config"]
+        elif "row" in entry and "passage" in entry:
+            records[(entry["row"], entry["passage"])] = entry
+    if settings is None:
+        raise ValueError(f"{path}: no settings line")
+    if settings.get("mode") != "single":
+        raise ValueError(f"{path}: a {settings.get('mode')!r} run; only single-passage runs pair by passage")
+    return settings, records
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    """Each row's paired difference from the reference row, over the passages both have."""
+    runs: dict[Path, tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]] = {}
+    for folder, _ in [config.reference, *config.rows]:
+        if folder not in runs:
+            runs[folder] = read_run(folder)
+    if not config.rows:
+        raise ValueError("no rows to compare: give --rows RUN_FOLDER:ROW,...")
+    ref_folder, ref_row = config.reference
+    ref_settings, ref_records = runs[ref_folder]
+    reference = {p: r for (row, p), r in ref_records.items() if row == ref_row}
+    if not reference:
+        raise ValueError(f"{ref_folder}: no row {ref_row!r}")
+    comparisons = []
+    for folder, row in config.rows:
+        settings, records = runs[folder]
+        differ = [k for k in MEASUREMENT_SETTINGS if settings.get(k) != ref_settings.get(k)]
+        if differ:
+            raise ValueError(f"{folder} and {ref_folder} measured differently ({', '.join(differ)} differ)")
+        measured = {p: r for (key, p), r in records.items() if key == row}
+        passages = sorted(set(measured) & set(reference))
+        if not passages:
+            raise ValueError(f"{folder}: row {row!r} has no passage in common with the reference")
+        diff = paired_difference(
+            [measured[p] for p in passages],
+            [reference[p] for p in passages],
+            n_resamples=config.bootstrap_resamples,
+            seed=config.seed,
+        )
+        comparisons.append({"run": str(folder), "row": row, "n_passages": len(passages), "difference": diff})
+    return {"reference": {"run": str(ref_folder), "row": ref_row}, "settings": ref_settings, "rows": comparisons}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    ref = summary["reference"]
+    header = ["row", "passages", *(f"Δ {METRIC_LABELS[m]}" for m in METRICS)]
+    body = [[f"{c['row']} ({c['run']})", c["n_passages"], *metric_cells(c["difference"])] for c in summary["rows"]]
+    return (f"Paired difference from {ref['row']} ({ref['run']}); question-weighted means, 95% bootstrap "
+            f"intervals over passages:\n\n") + markdown_table(header, body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(CompareConfig, argv, __doc__.split("\n\n")[0], required=("reference", "rows"))
+
+    def work() -> None:
+        summary = compare(config)
+        table = markdown(summary)
+        if config.out:
+            write_results(config.out / "compare_rows.json", summary, table)
+        else:
+            print(table)
+
+    return main_exit_code("compare_rows", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
