@@ -20,15 +20,15 @@ the numbers as ``compare_rows.json`` / ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from _common import main_exit_code, markdown_table, write_results
-from _knowledge_report import METRIC_LABELS, METRICS, paired_difference, metric_cells
+from _knowledge_report import METRIC_LABELS, METRICS, metric_cells, paired_difference
 from seal_env.config_cli import parse_config
+from seal_env.jsonl import read_jsonl
 
 LOG_NAME = "single.log.jsonl"
 # What decides a self-edit's update and its answers: runs that differ here measure different things.
@@ -61,24 +61,16 @@ class CompareConfig:
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
-    """``(settings, {(row, passage): record})`` of a single-mode run's log; a line cut short by a run
-    still writing is skipped."""
+    """``(settings, {(row, passage): record})`` of a single-mode run's log; a last line cut short by a
+    run still writing is left out."""
     path = folder / LOG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no knowledge-benchmark log (run knowledge_incorporation.py --out {folder})")
-    settings: dict[str, Any] | None = None
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "config" in entry:
-            settings = entry["config"]
-        elif "row" in entry and "passage" in entry:
-            records[(entry["row"], entry["passage"])] = entry
+    lines = read_jsonl(path, repair=False)  # read-only: the run may still be writing
+    settings = lines[0].get("config") if lines and isinstance(lines[0], dict) else None
     if settings is None:
-        raise ValueError(f"{path}: no settings line")
+        raise ValueError(f"{path}: the first line is not a {{'config': ...}} header")
+    records = {(entry["row"], entry["passage"]): entry for entry in lines[1:] if "row" in entry and "passage" in entry}
     if settings.get("mode") != "single":
         raise ValueError(f"{path}: a {settings.get('mode')!r} run; only single-passage runs pair by passage")
     return settings, records
