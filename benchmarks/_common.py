@@ -225,9 +225,9 @@ def run_summary_main(
     def work() -> None:
         summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
         table = markdown(summary)
-        print(table)
         if args.out:
-            write_json(args.out / f"{name}.json", summary)
-            (args.out / f"{name}.md").write_text(table, encoding="utf-8")
+            write_results(args.out / f"{name}.json", summary, table)
+        else:
+            print(table)
 
     return main_exit_code(name, work)
