@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,40 @@ def _write_all(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _start_with_header(path: Path, header: bytes) -> None:
+    """Create ``path`` holding the line ``header``, unless it already has content.
+
+    A benchmark's shards are often started together on one new log, and each would write the header
+    if it checked and then wrote. So the header goes to a temporary file that is hard-linked into
+    place: the link fails when the log already exists, and a reader never sees a half-written
+    header. On a file system without hard links, or over an empty file, the header is appended.
+    """
+    if path.exists() and path.stat().st_size > 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+            return
+        except FileExistsError:
+            if path.stat().st_size > 0:  # another process started the log first
+                return
+        except OSError:  # no hard links here
+            pass
+        _write_all(path, header)
+    finally:
+        os.unlink(temporary)
+
+
+def _is_header(line: Any) -> bool:
+    return isinstance(line, dict) and set(line) == {"config"} and isinstance(line["config"], dict)
+
+
 class JsonlLog:
     """An append-only JSON-lines log that a restarted job reads back: the one resumable log of the
     training run (``agents.run_log``) and of the benchmarks (``benchmarks/_common.ResultLog``).
@@ -88,27 +123,31 @@ class JsonlLog:
         self.path = Path(path)
         self.config = config
         self.records: list[Any] = []
+        if config is not None:
+            _start_with_header(self.path, (json.dumps({"config": config}, ensure_ascii=False) + "\n").encode("utf-8"))
         if self.path.exists():
             self.reload(repair=repair)
-        if config is not None and (not self.path.exists() or self.path.stat().st_size == 0):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_all(self.path, (json.dumps({"config": config}, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def reload(self, *, repair: bool = False) -> None:
         """Read the log again (taking in what other processes appended since)."""
         lines = read_jsonl(self.path, repair=repair)
         if self.config is not None and lines:
-            header = lines[0].get("config") if isinstance(lines[0], dict) else None
-            if header is None:
+            if not _is_header(lines[0]):
                 raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header")
-            if header != self.config:
-                differing = sorted(k for k in set(header) | set(self.config) if header.get(k) != self.config.get(k))
-                raise ValueError(
-                    f"{self.path} was written with other settings ({', '.join(differing)} differ): "
-                    "use another output folder, or delete the log to start over"
-                )
-            lines = lines[1:]
+            # Shards started together by an earlier version could each write the header, so it may
+            # repeat; every copy must match, and none is a record.
+            for header in filter(_is_header, lines):
+                self._check_settings(header["config"])
+            lines = [line for line in lines if not _is_header(line)]
         self.records = lines
+
+    def _check_settings(self, written: Any) -> None:
+        if written != self.config:
+            differing = sorted(k for k in set(written) | set(self.config) if written.get(k) != self.config.get(k))
+            raise ValueError(
+                f"{self.path} was written with other settings ({', '.join(differing)} differ): "
+                "use another output folder, or delete the log to start over"
+            )
 
     def append(self, record: Any) -> None:
         """Write ``record`` as one line, flushed to disk, and keep it in :attr:`records`."""

@@ -105,3 +105,33 @@ def test_result_log_keeps_a_last_record_that_lost_only_its_newline(tmp_path):
     assert ("a",) in reopened and ("b",) in reopened
     reopened.append({"row": "c"})
     assert len(_common.ResultLog(path, {"seed": 0}, ("row",))) == 3
+
+
+def test_shards_starting_a_new_log_together_write_one_header(tmp_path, monkeypatch):
+    """The race of two shards launched at once: the other shard creates the log between this one's
+    check and its link, so this one must leave the log as the other wrote it."""
+    path = tmp_path / "log.jsonl"
+    real_link = os.link
+
+    def link_after_another_shard(source, target):
+        monkeypatch.setattr(os, "link", real_link)  # the other shard starts the log unhindered
+        _common.ResultLog(path, {"seed": 0}, ("row",)).append({"row": "other shard"})
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link_after_another_shard)
+    log = _common.ResultLog(path, {"seed": 0}, ("row",))
+    log.append({"row": "this shard"})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"config": {"seed": 0}}, {"row": "other shard"}, {"row": "this shard"}]
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "log.jsonl"]  # no temporary file left
+
+
+def test_a_repeated_header_is_skipped_and_a_different_one_refused(tmp_path):
+    path = tmp_path / "log.jsonl"
+    header = json.dumps({"config": {"seed": 0}}) + "\n"
+    path.write_text(header + header + json.dumps({"row": "a"}) + "\n")
+    log = _common.ResultLog(path, {"seed": 0}, ("row",))
+    assert [record["row"] for record in log] == ["a"]
+    path.write_text(header + json.dumps({"config": {"seed": 1}}) + "\n" + json.dumps({"row": "a"}) + "\n")
+    with pytest.raises(ValueError, match=r"other settings \(seed differ\)"):
+        _common.ResultLog(path, {"seed": 0}, ("row",))
