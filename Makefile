@@ -41,12 +41,18 @@ LEARNING_RUN_PLUS_LL := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_ENV), $(PAS
 CONTAINMENT := "reward_metric": "contains"
 LEARNING_RUN_PLUS_CONTAINS := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(CONTAINMENT)}'
 
+# The log-likelihood-kept recipe with its training samples drawn at temperature 1.0 instead of 0.5
+# (the last --temperature wins; evaluate the generator at 0.5 as the others). In that run the samples
+# converged: their word overlap with the passage rose from 0.86 to 0.93 after one round, and the best
+# of 4's advantage over its siblings fell from 0.42 to 0.20 nats (results/learning_run/selection/).
+LEARNING_RUN_PLUS_LL_HOT := $(LEARNING_RUN_PLUS_LL) --temperature 1.0
+
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains grpo-run test
+.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot grpo-run test
 
 install: $(STAMP)
 
@@ -73,6 +79,9 @@ learning-run-plus-ll: $(STAMP)
 
 learning-run-plus-contains: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_CONTAINS) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_contains $(TRAIN_ARGS)
+
+learning-run-plus-ll-hot: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_LL_HOT) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_ll_hot $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
