@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from _common import main_exit_code, markdown_table, write_results
 from _knowledge_report import METRIC_LABELS, METRICS, metric_cells, paired_difference
 from seal_env.config_cli import parse_config
-from seal_env.jsonl import read_jsonl
+from seal_env.jsonl import read_jsonl, split_header
 
 LOG_NAME = "single.log.jsonl"
 # What decides a self-edit's update and its answers: runs that differ here measure different things.
@@ -66,11 +66,8 @@ def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[s
     path = folder / LOG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no knowledge-benchmark log (run knowledge_incorporation.py --out {folder})")
-    lines = read_jsonl(path, repair=False)  # read-only: the run may still be writing
-    settings = lines[0].get("config") if lines and isinstance(lines[0], dict) else None
-    if settings is None:
-        raise ValueError(f"{path}: the first line is not a {{'config': ...}} header")
-    records = {(entry["row"], entry["passage"]): entry for entry in lines[1:] if "row" in entry and "passage" in entry}
+    settings, entries = split_header(read_jsonl(path, repair=False), path)  # read-only: the run may still be writing
+    records = {(entry["row"], entry["passage"]): entry for entry in entries if "row" in entry and "passage" in entry}
     if settings.get("mode") != "single":
         raise ValueError(f"{path}: a {settings.get('mode')!r} run; only single-passage runs pair by passage")
     return settings, records

@@ -109,6 +109,32 @@ def _is_header(line: Any) -> bool:
     return isinstance(line, dict) and set(line) == {"config"} and isinstance(line["config"], dict)
 
 
+def split_header(lines: list[Any], path: str | Path) -> tuple[dict[str, Any], list[Any]]:
+    """``(settings, records)`` of the lines of a log that starts with a ``{"config": ...}`` header
+    (``ValueError`` otherwise).
+
+    Shards started together by an earlier version could each write the header, so it may repeat;
+    every copy must match the first, and none is a record.
+    """
+    if not lines or not _is_header(lines[0]):
+        raise ValueError(f"{path}: the first line is not a {{'config': ...}} header")
+    settings = lines[0]["config"]
+    for header in filter(_is_header, lines[1:]):
+        _check_same_settings(path, settings, header["config"])
+    return settings, [line for line in lines if not _is_header(line)]
+
+
+def _check_same_settings(path: str | Path, expected: dict[str, Any], written: dict[str, Any]) -> None:
+    """``ValueError`` naming the settings that differ, when the log at ``path`` was written with other
+    settings than ``expected``."""
+    if written != expected:
+        differing = sorted(k for k in set(written) | set(expected) if written.get(k) != expected.get(k))
+        raise ValueError(
+            f"{path} was written with other settings ({', '.join(differing)} differ): "
+            "use another output folder, or delete the log to start over"
+        )
+
+
 class JsonlLog:
     """An append-only JSON-lines log that a restarted job reads back: the one resumable log of the
     training run (``agents.run_log``) and of the benchmarks (``benchmarks/_common.ResultLog``).
@@ -132,22 +158,9 @@ class JsonlLog:
         """Read the log again (taking in what other processes appended since)."""
         lines = read_jsonl(self.path, repair=repair)
         if self.config is not None and lines:
-            if not _is_header(lines[0]):
-                raise ValueError(f"{self.path}: the first line is not a {{'config': ...}} header")
-            # Shards started together by an earlier version could each write the header, so it may
-            # repeat; every copy must match, and none is a record.
-            for header in filter(_is_header, lines):
-                self._check_settings(header["config"])
-            lines = [line for line in lines if not _is_header(line)]
+            written, lines = split_header(lines, self.path)
+            _check_same_settings(self.path, self.config, written)
         self.records = lines
-
-    def _check_settings(self, written: Any) -> None:
-        if written != self.config:
-            differing = sorted(k for k in set(written) | set(self.config) if written.get(k) != self.config.get(k))
-            raise ValueError(
-                f"{self.path} was written with other settings ({', '.join(differing)} differ): "
-                "use another output folder, or delete the log to start over"
-            )
 
     def append(self, record: Any) -> None:
         """Write ``record`` as one line, flushed to disk, and keep it in :attr:`records`."""

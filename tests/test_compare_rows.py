@@ -75,3 +75,20 @@ def test_a_row_without_its_run_folder_is_a_usage_error(tmp_path, capsys):
         compare_rows.main(["--reference", f"{tmp_path}:untrained", "--rows", "gpt"])
     assert exit_info.value.code == 2
     assert "expected RUN_FOLDER:ROW, got 'gpt'" in capsys.readouterr().err
+
+
+def test_a_repeated_header_is_read_as_the_benchmark_reads_it(tmp_path, capsys):
+    """Shards of an earlier version could each write the header: an identical copy is skipped, a
+    different one refused, as the benchmark's own log does."""
+    reference = _write_run(tmp_path / "a", [_record("untrained", 0, 0.0)])
+    other = _write_run(tmp_path / "b", [_record("gpt", 0, 1.0)])
+    log = other / compare_rows.LOG_NAME
+    header = log.read_text(encoding="utf-8").splitlines()[0]
+    log.write_text(header + "\n" + log.read_text(encoding="utf-8"), encoding="utf-8")
+    args = ["--reference", f"{reference}:untrained", "--rows", f"{other}:gpt"]
+    assert compare_rows.main(args) == 0
+    assert "| gpt (" in capsys.readouterr().out
+    log.write_text(header + "\n" + log.read_text(encoding="utf-8").replace('"temperature": 1.0', '"temperature": 0.7', 1),
+                   encoding="utf-8")
+    assert compare_rows.main(args) == 2
+    assert "temperature differ" in capsys.readouterr().err
