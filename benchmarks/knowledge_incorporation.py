@@ -5,6 +5,8 @@ answered with no passage in the prompt. Rows differ in what the update trains on
 
 * ``base``        - nothing (the un-updated model);
 * ``passage``     - the passage alone;
+* ``restatement`` - the passage + the passage restated one sentence per line (the faithful self-edit
+  of ``reward_validity.py``: what copying alone reaches);
 * ``untrained``   - the passage + self-edits sampled from the untrained inner model itself;
 * one row per external self-edit set in the data file (``self_edits``: ``qwen2.5-7b-base``,
   ``seal-iter2-qwen2.5-7b``, ``gpt-4.1`` in the SEAL release) - the passage + those self-edits;
@@ -53,7 +55,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, bootstrap_ci, file_digest, load_generator, main_exit_code, run_environment, write_json
+from _common import (
+    ResultLog,
+    bootstrap_ci,
+    file_digest,
+    load_generator,
+    main_exit_code,
+    restatement,
+    run_environment,
+    write_json,
+)
 from _knowledge_report import METRICS, markdown_continual, markdown_results, paired_difference, plot_bars, plot_heat_maps
 from seal_env.config_cli import parse_config
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
@@ -202,7 +213,7 @@ class Row:
     key: str
     name: str
     kind: str
-    """``none``, ``passage``, ``sampled`` (untrained / generator) or ``external``."""
+    """``none``, ``passage``, ``restatement``, ``sampled`` (untrained / generator) or ``external``."""
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -218,7 +229,7 @@ def available_rows(passages: Sequence[Passage], with_generator: bool, model_labe
     for passage in passages:
         sets += [name for name in passage.self_edits if name not in sets]
     for name in sets:
-        if name in ("base", "passage", "untrained", "generator"):
+        if name in ("base", "passage", "restatement", "untrained", "generator"):
             raise ValueError(f"a self-edit set may not be named {name!r}: that is the key of a built-in row")
         missing = [i for i, p in enumerate(passages) if not p.self_edits.get(name)]
         if missing:
@@ -226,6 +237,8 @@ def available_rows(passages: Sequence[Passage], with_generator: bool, model_labe
     rows = [
         Row("base", "base model (no update)", "none"),
         Row("passage", "passage only", "passage"),
+        # The faithful self-edit of the reward-validity benchmark: what copying alone reaches.
+        Row("restatement", "passage + the passage restated one sentence per line", "restatement"),
         Row("untrained", f"passage + untrained {model_label} self-edits", "sampled"),
     ]
     rows += [Row(name, f"passage + {name} self-edits", "external") for name in sets]
@@ -252,6 +265,9 @@ class SelfEdits:
         k = self.config.self_edits_per_passage
         if row.kind == "external":
             return self.env.contexts[index].self_edits[row.key][:k], 0.0
+        if row.kind == "restatement":
+            # deterministic, and so is the inner loop: more copies would only repeat its score
+            return [restatement(self.env.contexts[index].context)], 0.0
         if row.kind != "sampled":
             raise ValueError(f"row {row.key!r} has no self-edits")
         cached = self.cache.get((row.key, index))
@@ -502,7 +518,7 @@ class Benchmark:
         and noted in ``errors``)."""
         passage = self.passages[index]
         examples = [passage_example(self.env, passage)]
-        if row.kind in ("external", "sampled"):
+        if row.kind in ("external", "restatement", "sampled"):
             for text in self.self_edits.get(row, index)[0]:
                 try:
                     examples += self.env.self_edit_to_examples(text, passage)

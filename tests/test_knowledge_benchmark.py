@@ -132,7 +132,7 @@ def test_single_mode_writes_rows_table_and_plot_and_leaves_the_model_unchanged(d
     out = tmp_path / "out"
     summary = bench.Benchmark(make_config(data_file, out), model=tiny_lm).run()
 
-    assert [r["key"] for r in summary["rows"]] == ["base", "passage", "untrained", "set-a", "set-b"]
+    assert [r["key"] for r in summary["rows"]] == ["base", "passage", "restatement", "untrained", "set-a", "set-b"]
     written = json.loads((out / "single.json").read_text())
     assert [r["name"] for r in written["rows"]] == [r["name"] for r in summary["rows"]]
     for row in written["rows"]:
@@ -141,7 +141,7 @@ def test_single_mode_writes_rows_table_and_plot_and_leaves_the_model_unchanged(d
             iv = row["metrics"][metric]
             assert iv["low"] <= iv["mean"] <= iv["high"]
         assert row["seconds_per_passage"]["median"] > 0
-    assert "vs_passage" in written["rows"][3] and "vs_passage" not in written["rows"][0]
+    assert "vs_passage" in written["rows"][4] and "vs_passage" not in written["rows"][0]
     table = (out / "single.md").read_text()
     assert "passage + set-a self-edits" in table and "contains answer %" in table
     assert (out / "single.png").stat().st_size > 0
@@ -159,6 +159,18 @@ def test_single_mode_averages_k_self_edits_per_passage(data_file, tmp_path, tiny
         assert len(record["self_edits"]) == 2
         expected = sum(e["metrics"]["log_likelihood"] for e in record["self_edits"]) / 2
         assert record["metrics"]["log_likelihood"] == pytest.approx(expected)
+
+
+def test_restatement_row_trains_on_the_passage_one_sentence_per_line_once(data_file, tmp_path, tiny_lm):
+    config = make_config(data_file, tmp_path / "out", rows=["restatement"], self_edits_per_passage=2)
+    bench.Benchmark(config, model=tiny_lm).run()
+    records = log_records(tmp_path / "out" / "single.log.jsonl")
+    passages = load_passages(data_file)
+    assert [r["passage"] for r in records] == [0, 1]
+    for record in records:
+        (self_edit,) = record["self_edits"]  # deterministic: K copies would repeat one score
+        assert self_edit["text"] == _common.restatement(passages[record["passage"]].context)
+        assert self_edit["n_train_examples"] == len(_common.sentences(passages[record["passage"]].context)) + 1
 
 
 def test_interrupted_run_resumes_to_the_same_result_without_redoing_rows(data_file, tmp_path, tiny_lm, monkeypatch):
