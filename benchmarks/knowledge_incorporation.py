@@ -225,26 +225,26 @@ def _mean_metrics(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def available_rows(passages: Sequence[Passage], with_generator: bool, model_label: str) -> list[Row]:
     """Every row this data and these settings allow, in table order."""
-    sets: list[str] = []
-    for passage in passages:
-        sets += [name for name in passage.self_edits if name not in sets]
-    for name in sets:
-        if name in ("base", "passage", "restatement", "untrained", "generator"):
-            raise ValueError(f"a self-edit set may not be named {name!r}: that is the key of a built-in row")
-        missing = [i for i, p in enumerate(passages) if not p.self_edits.get(name)]
-        if missing:
-            raise ValueError(f"self-edit set {name!r} is missing from passage(s) {missing[:10]} of the selection")
-    rows = [
+    built_in = [
         Row("base", "base model (no update)", "none"),
         Row("passage", "passage only", "passage"),
         # The faithful self-edit of the reward-validity benchmark: what copying alone reaches.
         Row("restatement", "passage + the passage restated one sentence per line", "restatement"),
         Row("untrained", f"passage + untrained {model_label} self-edits", "sampled"),
     ]
-    rows += [Row(name, f"passage + {name} self-edits", "external") for name in sets]
-    if with_generator:
-        rows.append(Row("generator", "passage + trained generator self-edits", "sampled"))
-    return rows
+    generator = Row("generator", "passage + trained generator self-edits", "sampled")
+    reserved = {row.key for row in built_in} | {generator.key}
+    sets: list[str] = []
+    for passage in passages:
+        sets += [name for name in passage.self_edits if name not in sets]
+    for name in sets:
+        if name in reserved:
+            raise ValueError(f"a self-edit set may not be named {name!r}: that is the key of a built-in row")
+        missing = [i for i, p in enumerate(passages) if not p.self_edits.get(name)]
+        if missing:
+            raise ValueError(f"self-edit set {name!r} is missing from passage(s) {missing[:10]} of the selection")
+    rows = built_in + [Row(name, f"passage + {name} self-edits", "external") for name in sets]
+    return rows + [generator] if with_generator else rows
 
 
 class SelfEdits:

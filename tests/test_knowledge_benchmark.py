@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -171,6 +172,13 @@ def test_restatement_row_trains_on_the_passage_one_sentence_per_line_once(data_f
         (self_edit,) = record["self_edits"]  # deterministic: K copies would repeat one score
         assert self_edit["text"] == _common.restatement(passages[record["passage"]].context)
         assert self_edit["n_train_examples"] == len(_common.sentences(passages[record["passage"]].context)) + 1
+
+
+@pytest.mark.parametrize("key", ["restatement", "generator"])
+def test_a_self_edit_set_named_like_a_built_in_row_is_refused(key):
+    named = dataclasses.replace(load_passages(None)[0], self_edits={key: ["a line"]})
+    with pytest.raises(ValueError, match=f"may not be named '{key}'"):
+        bench.available_rows([named], with_generator=False, model_label="tiny")
 
 
 def test_interrupted_run_resumes_to_the_same_result_without_redoing_rows(data_file, tmp_path, tiny_lm, monkeypatch):
