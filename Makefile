@@ -49,10 +49,9 @@ LEARNING_RUN_PLUS_LL_HOT := $(LEARNING_RUN_PLUS_LL) --temperature 1.0
 
 # The log-likelihood-kept recipe with the paper's implications prompt, sampled as the paper samples
 # (temperature 1.0, up to 256 tokens, room for a full restatement). On the evaluation passages the
-# passage restated one sentence per line beats the untrained model's implications by about 19 points
-# of containment and its rewrites by about 10 (results/learning_run/eval_50_restatement/), and the
-# implications' gain rises with copying (results/sampling_settings_plus/): selection can pull the
-# generator toward line-per-fact restatements.
+# passage restated one sentence per line beats both untrained rows in containment (README, "What
+# copying alone reaches"), and the implications' gain rises with copying (results/sampling_settings_plus/):
+# selection can pull the generator toward line-per-fact restatements.
 IMPLICATIONS_DATA := "passages": "../shared/data/squad_train_passages.json", "self_edit_format": "implications"
 LEARNING_RUN_IMPLICATIONS_PLUS_LL := $(LEARNING_BUDGET) --env-kwargs '{$(IMPLICATIONS_DATA), "answer_generation": false, \
 	$(PASSAGE_PLUS), $(OWN_LIKELIHOOD)}' --temperature 1.0 --max-new-tokens 256
