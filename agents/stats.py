@@ -68,6 +68,21 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def within_group_r(groups: Sequence[Sequence[tuple[float, float]]]) -> float:
+    """Pearson r of (x, y) pairs after subtracting each group's means: the association *among
+    siblings* (the samples of one context), which is what best-of-k selection acts on. NaN for fewer
+    than 3 pairs or no variation within groups."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for pairs in groups:
+        if not pairs:
+            continue
+        x, y = np.array(pairs, dtype=float).T
+        xs.extend(x - x.mean())
+        ys.extend(y - y.mean())
+    return pearson(xs, ys)
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (ties ranked in order of appearance: they are rare in gains)."""
     def rank(v: Sequence[float]) -> np.ndarray:

@@ -5,7 +5,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 
 * :func:`bootstrap_ci` - percentile bootstrap interval of a (weighted) mean, resampling units such as
   passages or tasks (a cluster bootstrap when the weights are question counts); it lives in
-  :mod:`agents.stats`, which the training job's report shares, with :func:`pearson` and :func:`spearman`.
+  :mod:`agents.stats`, which the training job's report shares, with :func:`pearson`, :func:`spearman` and
+  :func:`within_group_r`.
 * :class:`ResultLog` - the project's resumable JSON-lines log (:class:`seal_env.jsonl.JsonlLog`)
   keyed by unit: a benchmark appends one record per finished unit of work and, when restarted on
   the same folder, skips every unit already in the log. A log written under another configuration
@@ -13,6 +14,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
 * :func:`sentences`, :func:`restatement` - a passage split into sentences, and restated one per line
   (the faithful stand-in self-edit several benchmarks step).
+* :func:`word_overlap`, :func:`word_coverage` - how much of a self-edit is its passage's words, and how
+  much of the passage's vocabulary it carries.
 * :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed.
 * :func:`main_exit_code` - a benchmark's ``main``: bad input is one line on stderr and exit status 2.
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 
-from agents.stats import Interval, bootstrap_ci, pearson, spearman  # noqa: F401  (re-exported for the benchmarks)
+from agents.stats import Interval, bootstrap_ci, pearson, spearman, within_group_r  # noqa: F401  (re-exported for the benchmarks)
 from seal_env.config_cli import parse_config
 from seal_env.jsonl import JsonlLog
 
@@ -134,6 +137,15 @@ def word_overlap(self_edit: str, passage: str) -> float:
         return 0.0
     vocabulary = set(_WORD.findall(passage.lower()))
     return sum(word in vocabulary for word in words) / len(words)
+
+
+def word_coverage(self_edit: str, passage: str) -> float:
+    """The share of the passage's distinct words (lower-cased alphanumeric runs) that the self-edit
+    contains: how much of the passage it carries, where :func:`word_overlap` is how much of it is copied."""
+    vocabulary = set(_WORD.findall(passage.lower()))
+    if not vocabulary:
+        return 0.0
+    return len(vocabulary & set(_WORD.findall(self_edit.lower()))) / len(vocabulary)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -8,6 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from _common import bootstrap_ci, format_interval, markdown_table
+from seal_env.jsonl import read_jsonl, split_header
+
+LOG_NAME = "single.log.jsonl"
 
 METRICS = ("exact_match", "f1", "contains", "log_likelihood")
 METRIC_LABELS = {
@@ -16,6 +19,19 @@ METRIC_LABELS = {
     "contains": "contains answer %",
     "log_likelihood": "gold log-lik / token",
 }
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
+    """``(settings, {(row, passage): record})`` of a single-mode run's log; a last line cut short by a
+    run still writing is left out."""
+    path = folder / LOG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no knowledge-benchmark log (run knowledge_incorporation.py --out {folder})")
+    settings, entries = split_header(read_jsonl(path, repair=False), path)  # read-only: the run may still be writing
+    records = {(entry["row"], entry["passage"]): entry for entry in entries if "row" in entry and "passage" in entry}
+    if settings.get("mode") != "single":
+        raise ValueError(f"{path}: a {settings.get('mode')!r} run; only single-passage runs pair by passage")
+    return settings, records
 
 
 def _scale(metric: str) -> tuple[float, int]:

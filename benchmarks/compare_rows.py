@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from _common import main_exit_code, markdown_table, write_results
-from _knowledge_report import METRIC_LABELS, METRICS, metric_cells, paired_difference
+from _knowledge_report import METRIC_LABELS, METRICS, metric_cells, paired_difference, read_run
 from seal_env.config_cli import parse_config
-from seal_env.jsonl import read_jsonl, split_header
 
-LOG_NAME = "single.log.jsonl"
 # What decides a self-edit's update and its answers: runs that differ here measure different things.
 MEASUREMENT_SETTINGS = ("data_sha256", "model", "inner_loop", "max_answer_tokens", "mode")
 
@@ -58,19 +56,6 @@ class CompareConfig:
     """Bootstrap resamples of every interval."""
     seed: int = 0
     """Seeds the bootstrap."""
-
-
-def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
-    """``(settings, {(row, passage): record})`` of a single-mode run's log; a last line cut short by a
-    run still writing is left out."""
-    path = folder / LOG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no knowledge-benchmark log (run knowledge_incorporation.py --out {folder})")
-    settings, entries = split_header(read_jsonl(path, repair=False), path)  # read-only: the run may still be writing
-    records = {(entry["row"], entry["passage"]): entry for entry in entries if "row" in entry and "passage" in entry}
-    if settings.get("mode") != "single":
-        raise ValueError(f"{path}: a {settings.get('mode')!r} run; only single-passage runs pair by passage")
-    return settings, records
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:

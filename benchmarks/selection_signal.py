@@ -18,7 +18,10 @@ else. For every training round, over the contexts with at least two usable sampl
 * ``overlap``: the share of a sample's words found in its prompt (which holds the passage: how much
   it copies), and ``kept_overlap_advantage``: how much more the kept self-edit copied than its
   siblings. A round-on-round rise of ``overlap`` that selection did not favour comes from the
-  fine-tuning on the generator's own samples, not from the reward.
+  fine-tuning on the generator's own samples, not from the reward;
+* ``coverage``: the share of the prompt's distinct words (the passage's, and the instruction's few)
+  that a sample contains (how much of its passage it carries), and ``kept_coverage_advantage``: how
+  much more the kept self-edit carried than its siblings.
 
 Each mean comes with a 95% bootstrap interval over contexts (a context's samples are averaged first).
 The kept self-edits are recomputed with the run's own rule (:func:`agents.rest_em.select_self_edits`).
@@ -40,12 +43,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from _common import format_interval, markdown_table, run_summary_main, word_overlap
+from _common import format_interval, markdown_table, run_summary_main, word_coverage, word_overlap
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
 from agents.run_log import RunLog
-from agents.stats import bootstrap_ci
+from agents.stats import bootstrap_ci, within_group_r
 from agents.train_config import CONFIG_FILE
 
 
@@ -71,19 +74,6 @@ def _interval(values: Sequence[float], n_resamples: int, seed: int) -> dict[str,
     return bootstrap_ci(values, n_resamples=n_resamples, seed=seed).to_dict() if values else None
 
 
-def _within_context_r(groups: Sequence[Sequence[tuple[float, float]]]) -> float | None:
-    """Pearson r of (x, y) pairs after subtracting each group's means: the association *among
-    siblings*, which is what best-of-k selection acts on."""
-    xs, ys = [], []
-    for pairs in groups:
-        x, y = np.array(pairs, dtype=float).T
-        xs.extend(x - x.mean())
-        ys.extend(y - y.mean())
-    if len(xs) < 3 or np.std(xs) == 0 or np.std(ys) == 0:
-        return None
-    return float(np.corrcoef(xs, ys)[0, 1])
-
-
 def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int, seed: int) -> dict[str, Any]:
     """The selection statistics of one round's training steps (see the module docstring)."""
     usable = [r for r in records if r.score is not None and not r.info.get("error")]
@@ -94,11 +84,13 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
     kept = {r.context_index: r for r in select_self_edits(usable, keep) if r.context_index in contexts}
 
     gain, own, control, kept_own, best_own, kept_lines, lines_pairs = [], [], [], [], [], [], []
-    overlap, kept_overlap = [], []
+    overlap, kept_overlap, coverage, kept_coverage = [], [], [], []
     for context, siblings in contexts.items():
         owns = [_own_gain(r) for r in siblings]
         overlaps = [word_overlap(r.self_edit, r.prompt) for r in siblings]
         overlap.append(float(np.mean(overlaps)))
+        coverages = [word_coverage(r.self_edit, r.prompt) for r in siblings]
+        coverage.append(float(np.mean(coverages)))
         lines = [float(r.info.get("n_train_examples", math.nan)) for r in siblings]
         gain.append(float(np.mean([r.info["gain"] for r in siblings])))
         own.append(float(np.mean(owns)))
@@ -111,8 +103,10 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
             kept_own.append(owns[k] - float(np.mean(owns)))
             kept_lines.append(lines[k] - float(np.mean(lines)))
             kept_overlap.append(overlaps[k] - float(np.mean(overlaps)))
+            kept_coverage.append(coverages[k] - float(np.mean(coverages)))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
+    score_lines_r = within_group_r(lines_pairs)
     return {
         "round": records[0].round if records else None,
         "n_contexts": len(contexts),
@@ -123,9 +117,11 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
         "kept_own_advantage": ci(kept_own),
         "best_own_advantage": ci(best_own),
         "kept_lines_advantage": ci(kept_lines),
-        "score_lines_r": _within_context_r(lines_pairs),
+        "score_lines_r": None if math.isnan(score_lines_r) else score_lines_r,
         "overlap": ci(overlap),
         "kept_overlap_advantage": ci(kept_overlap),
+        "coverage": ci(coverage),
+        "kept_coverage_advantage": ci(kept_coverage),
     }
 
 
@@ -151,13 +147,15 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dic
 
 def markdown(summary: dict[str, Any]) -> str:
     header = ["round", "contexts (kept)", "gain", "own gain", "control part", "kept: own advantage",
-              "best own advantage", "kept: extra lines", "score-lines r", "overlap", "kept: extra overlap"]
+              "best own advantage", "kept: extra lines", "score-lines r", "overlap", "kept: extra overlap", "coverage",
+              "kept: extra coverage"]
     fmt = lambda value: "—" if value is None else format_interval(value, digits=2)  # noqa: E731
     rows = [
         [entry["round"], f"{entry['n_contexts']} ({entry['n_kept']})", fmt(entry["gain"]), fmt(entry["own_gain"]), fmt(entry["control_part"]),
          fmt(entry["kept_own_advantage"]), fmt(entry["best_own_advantage"]), fmt(entry["kept_lines_advantage"]),
          "—" if entry["score_lines_r"] is None else f"{entry['score_lines_r']:.2f}",
-         fmt(entry["overlap"]), fmt(entry["kept_overlap_advantage"])]
+         fmt(entry["overlap"]), fmt(entry["kept_overlap_advantage"]), fmt(entry["coverage"]),
+         fmt(entry["kept_coverage_advantage"])]
         for entry in summary["rounds"]
     ]
     return markdown_table(header, rows)

@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare_rows  # noqa: E402
+from _knowledge_report import LOG_NAME  # noqa: E402
 
 SETTINGS = {"data_sha256": "abc", "model": "tiny", "inner_loop": {"rank": 4}, "max_answer_tokens": 8, "mode": "single"}
 
@@ -22,7 +23,7 @@ def _record(row: str, passage: int, contains: float, questions: int = 2) -> dict
 def _write_run(folder: Path, records: list[dict], **settings) -> Path:
     folder.mkdir()
     lines = [json.dumps({"config": {**SETTINGS, "temperature": 1.0, **settings}})] + [json.dumps(r) for r in records]
-    (folder / compare_rows.LOG_NAME).write_text("\n".join(lines) + '\n{"row": "cut sh', encoding="utf-8")
+    (folder / LOG_NAME).write_text("\n".join(lines) + '\n{"row": "cut sh', encoding="utf-8")
     return folder
 
 
@@ -82,7 +83,7 @@ def test_a_repeated_header_is_read_as_the_benchmark_reads_it(tmp_path, capsys):
     different one refused, as the benchmark's own log does."""
     reference = _write_run(tmp_path / "a", [_record("untrained", 0, 0.0)])
     other = _write_run(tmp_path / "b", [_record("gpt", 0, 1.0)])
-    log = other / compare_rows.LOG_NAME
+    log = other / LOG_NAME
     header = log.read_text(encoding="utf-8").splitlines()[0]
     log.write_text(header + "\n" + log.read_text(encoding="utf-8"), encoding="utf-8")
     args = ["--reference", f"{reference}:untrained", "--rows", f"{other}:gpt"]

@@ -63,6 +63,9 @@ def test_selection_statistics_match_a_hand_computation(tmp_path):
     # Context 0's kept sample has 2 of its 3 words in its prompt, every other sample 1 of 3.
     assert entry["overlap"]["mean"] == pytest.approx(((2 / 3 + 1 / 3 + 1 / 3) / 3 + 1 / 3) / 2)
     assert entry["kept_overlap_advantage"]["mean"] == pytest.approx((2 / 3 - 4 / 9 + 0) / 2)
+    # The prompt has 3 distinct words: the kept sample of context 0 carries 2 of them, every other 1.
+    assert entry["coverage"]["mean"] == pytest.approx((4 / 9 + 1 / 3) / 2)
+    assert entry["kept_coverage_advantage"]["mean"] == pytest.approx((2 / 3 - 4 / 9 + 0) / 2)
     assert entry["kept_own_advantage"]["low"] <= entry["kept_own_advantage"]["mean"] <= entry["kept_own_advantage"]["high"]
 
 
