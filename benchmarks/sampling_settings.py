@@ -4,8 +4,8 @@ ReST-EM learns by keeping a context's best sampled self-edits and fine-tuning th
 so a recipe needs samples whose rewards differ within a context, and better ones that share a
 learnable trait. For each *setting* (a self-edit format of the knowledge environment and a sampling
 temperature), this script samples ``--samples`` self-edits per passage from the untrained model and
-steps each in the environment with its defaults (damage-controlled log-likelihood reward, no greedy
-answers), batched through the multi-LoRA path. It reports, per setting, with 95% bootstrap intervals
+steps each in the environment with its defaults (damage-controlled log-likelihood reward; greedy
+answers only when the reward is computed from them), batched through the multi-LoRA path. It reports, per setting, with 95% bootstrap intervals
 over passages:
 
 * ``gain`` - the mean dense gain (score minus baseline), and ``reward`` - the share rewarded;
@@ -13,6 +13,10 @@ over passages:
 * ``within_sd`` - the mean within-passage standard deviation of the gains (what selection can use);
 * ``overlap`` - the mean share of a self-edit's words that occur in its passage (copying), and
   ``overlap_gain_r`` - the Spearman correlation of overlap and gain, pooled over self-edits;
+* ``coverage`` - the mean share of the passage's distinct words that a self-edit carries, and
+  ``coverage_gain_r`` - the correlation of coverage and gain among one passage's samples (within
+  passage, what best-of-k selection acts on); ``coverage_metric_r`` the same for the gain in each
+  metric the environment measured (all of them when it generates answers), whatever the reward;
 
 plus, as a reference, the restatement's gain (the passage one sentence per line). ``--env-kwargs``
 changes the reward the environment computes (e.g. trained together with the passage, against the
@@ -35,17 +39,17 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from _common import (ResultLog, bootstrap_ci, format_interval, main_exit_code, markdown_table, restatement, run_environment,
-                     spearman, word_overlap, write_results)
+                     spearman, within_group_r, word_coverage, word_overlap, write_results)
 from seal_env.config_cli import json_object, parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
-from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, load_passages
+from seal_env.tasks.knowledge import DENSE_METRICS, REWARD_METRICS, SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, load_passages
 
 @dataclass
 class SamplingSettingsConfig:
@@ -116,10 +120,12 @@ class SamplingSettings:
             raise ValueError(f"{config.data}: needs at least 2 passages (the reward's control is another passage)")
         env_kwargs = parse_env_kwargs(config.env_kwargs)
         self.model = model or load_model(config.model, device=config.device)
+        # Greedy answers, the larger part of a step's evaluation, only for a reward computed from them.
+        answer_generation = env_kwargs.get("reward_metric") in set(REWARD_METRICS) - set(DENSE_METRICS)
         # One environment per format (its prompt); all share the model and the reward.
         try:
             self.envs = {name: KnowledgeIncorporationEnv(self.passages, model=self.model, self_edit_format=name,
-                                                         answer_generation=False, **env_kwargs)
+                                                         answer_generation=answer_generation, **env_kwargs)
                          for name in dict.fromkeys(name for name, _ in self.settings.values())}
         except TypeError as error:  # an argument the environment does not take
             raise ValueError(f"env_kwargs: {error}") from None
@@ -134,7 +140,10 @@ class SamplingSettings:
     def _step(self, env: KnowledgeIncorporationEnv, index: int, texts: Sequence[str]) -> list[dict[str, Any]]:
         results = env.run_steps([env.prepare_step(text, index) for text in texts], batched=True)
         return [{"gain": r.info["gain"], "reward": r.reward, "error": r.info["error"],
-                 "overlap": word_overlap(text, self.passages[index].context), "self_edit": text}
+                 "metric_gains": {name: value - r.info["baseline_metrics"][name] for name, value in r.info["metrics"].items()
+                                  if name in r.info["baseline_metrics"]},
+                 "overlap": word_overlap(text, self.passages[index].context),
+                 "coverage": word_coverage(text, self.passages[index].context), "self_edit": text}
                 for r, text in zip(results, texts)]
 
     def run(self) -> dict[str, Any]:
@@ -185,19 +194,39 @@ def summarise(records: Sequence[dict[str, Any]], setting: str, seed: int = 0) ->
         "within_sd": interval([statistics.pstdev(g) for g in gains.values()]),
         "overlap": interval([statistics.fmean(r["overlap"] for r in rs) for rs in by_passage.values()]),
         "overlap_gain_r": spearman([r["overlap"] for r in pooled], [g for rs in gains.values() for g in rs]),
+        **_coverage(by_passage, gains, interval),
     }
+
+
+def _coverage(by_passage: dict[int, list[dict[str, Any]]], gains: dict[int, list[float]],
+              interval: Callable[[list[float]], dict[str, float]]) -> dict[str, Any]:
+    """Coverage and its within-passage correlation with the gain; none for a log written before
+    steps recorded their coverage."""
+    if any("coverage" not in r for rs in by_passage.values() for r in rs):
+        return {}
+    usable = {p: [r for r in rs if r.get("metric_gains")] for p, rs in by_passage.items()}
+    metrics = sorted({name for rs in usable.values() for r in rs for name in r["metric_gains"]})
+    return {"coverage": interval([statistics.fmean(r["coverage"] for r in rs) for rs in by_passage.values()]),
+            "coverage_gain_r": within_group_r([[(r["coverage"], g) for r, g in zip(rs, gains[p])]
+                                               for p, rs in by_passage.items()]),
+            "coverage_metric_r": {name: within_group_r([[(r["coverage"], r["metric_gains"][name]) for r in rs]
+                                                        for rs in usable.values()]) for name in metrics}}
 
 
 def markdown(settings: dict[str, dict[str, Any]]) -> str:
     def cell(entry: Any) -> str:
         return "-" if entry is None else format_interval(entry, digits=2)
 
+    def r(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None and math.isfinite(value) else "-"
+
     rows = [[name, s["n_passages"], s.get("n_self_edits", 0), s.get("errors", 0), cell(s.get("gain")),
              cell(s.get("reward")), cell(s.get("best_of_k_gain")), cell(s.get("within_sd")), cell(s.get("overlap")),
-             f"{s['overlap_gain_r']:.2f}" if math.isfinite(s.get("overlap_gain_r", math.nan)) else "-"]
+             r(s.get("overlap_gain_r")), cell(s.get("coverage")), r(s.get("coverage_gain_r"))]
             for name, s in settings.items()]
     return markdown_table(["setting", "passages", "self-edits", "errors", "gain", "reward", "best-of-k gain",
-                           "within-passage sd", "word overlap", "overlap-gain r"], rows)
+                           "within-passage sd", "word overlap", "overlap-gain r", "coverage",
+                           "coverage-gain r (within passage)"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

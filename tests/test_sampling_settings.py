@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import sampling_settings as ss  # noqa: E402
-from _common import word_overlap  # noqa: E402
+from _common import word_coverage, word_overlap  # noqa: E402
 
 PASSAGES = [
     {"title": "Velmora Bridge", "context": "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
@@ -33,6 +33,12 @@ def test_word_overlap_is_the_share_of_words_found_in_the_passage():
     assert word_overlap("Talia Norwin, ochre!", "The bridge is ochre; Talia Norwin built it.") == 1.0
     assert word_overlap("Talia invented radio", "Talia Norwin") == pytest.approx(1 / 3)
     assert word_overlap("", "anything") == 0.0
+
+
+def test_word_coverage_is_the_share_of_the_passages_words_carried():
+    assert word_coverage("Talia Norwin built it; Talia!", "Talia Norwin built the bridge") == pytest.approx(3 / 5)
+    assert word_coverage("anything", "") == 0.0
+    assert word_coverage("", "Talia") == 0.0
 
 
 def test_probe_steps_every_setting_resumes_and_summarises(tmp_path, tiny_lm, monkeypatch):
@@ -66,18 +72,32 @@ def test_probe_steps_every_setting_resumes_and_summarises(tmp_path, tiny_lm, mon
 
 
 def test_summary_of_hand_made_records():
-    def record(passage, sample, gain, overlap, error=None):
+    def record(passage, sample, gain, overlap, coverage, error=None):
         return {"setting": "s", "passage": passage, "sample": sample, "gain": gain, "reward": float((gain or 0) > 0),
-                "overlap": overlap, "error": error}
+                "overlap": overlap, "coverage": coverage, "error": error,
+                "metric_gains": {} if error else {"log_likelihood": gain, "f1": -gain}}
 
-    records = [record(0, 0, 1.0, 0.9), record(0, 1, -1.0, 0.2), record(1, 0, None, 0.3, "no lines"), record(1, 1, 0.5, 0.5)]
+    records = [record(0, 0, 1.0, 0.9, 0.2), record(0, 1, -1.0, 0.2, 0.8), record(0, 2, 0.0, 0.25, 0.5),
+               record(1, 0, None, 0.3, 0.1, "no lines"), record(1, 1, 0.5, 0.5, 0.9)]
     stats = ss.summarise(records, "s")
-    assert stats["errors"] == 1 and stats["n_passages"] == 2
+    assert stats["errors"] == 1 and stats["n_passages"] == 2 and stats["n_self_edits"] == 5
     assert stats["gain"]["mean"] == pytest.approx((0.0 + 0.25) / 2)  # the failed step counts as gain 0
     assert stats["best_of_k_gain"]["mean"] == pytest.approx((1.0 + 0.5) / 2)
-    assert stats["within_sd"]["mean"] == pytest.approx((1.0 + 0.25) / 2)
     assert stats["overlap_gain_r"] == pytest.approx(1.0)
+    assert stats["coverage"]["mean"] == pytest.approx((0.5 + 0.5) / 2)
+    # Within each passage coverage falls as the gain rises in passage 0 and rises with it in passage 1
+    # (the deviations -0.3/+0.3/0 against +1/-1/0, and -0.4/+0.4 against -0.25/+0.25).
+    deviations = [(-0.3, 1.0), (0.3, -1.0), (0.0, 0.0), (-0.4, -0.25), (0.4, 0.25)]
+    x, y = zip(*deviations)
+    expected = sum(a * b for a, b in deviations) / (sum(a * a for a in x) * sum(b * b for b in y)) ** 0.5
+    assert stats["coverage_gain_r"] == pytest.approx(expected)
+    # The failed step has no metric gains: passage 1 has one usable sample, and only passage 0 counts.
+    assert stats["coverage_metric_r"]["log_likelihood"] == pytest.approx(-1.0)
+    assert stats["coverage_metric_r"]["f1"] == pytest.approx(1.0)
     assert ss.summarise(records, "other") == {"n_passages": 0}
+    # A log written before steps recorded their coverage is summarised without it.
+    older = [{k: v for k, v in r.items() if k != "coverage"} for r in records]
+    assert "coverage" not in ss.summarise(older, "s") and ss.summarise(older, "s")["gain"] == stats["gain"]
 
 
 def test_env_kwargs_reach_the_environment_and_the_log_refuses_other_ones(tmp_path, tiny_lm):
@@ -96,6 +116,18 @@ def test_env_kwargs_reach_the_environment_and_the_log_refuses_other_ones(tmp_pat
     with pytest.raises(ValueError, match="env_kwargs: .*unexpected keyword argument 'reward_metrc'"):
         ss.SamplingSettings(ss.SamplingSettingsConfig(**{**vars(config), "env_kwargs": '{"reward_metrc": "f1"}'}),
                             model=tiny_lm)
+    # A reward computed from the greedy answers makes the probe generate them (and report containment).
+    contains = ss.SamplingSettings(ss.SamplingSettingsConfig(**{**vars(config), "out": tmp_path / "contains",
+                                                               "env_kwargs": '{"reward_metric": "contains"}'}), model=tiny_lm)
+    assert contains.envs["rewrite"].answer_generation and not probe.envs["rewrite"].answer_generation
+    contains.run()
+    restated = [json.loads(line) for line in (tmp_path / "contains" / "steps.jsonl").read_text().splitlines()[1:]
+                if json.loads(line)["setting"] == "restatement"]
+    # One question per passage: a containment gain is -1, 0 or +1, never a log-likelihood's fraction.
+    assert len(restated) == 2 and all(r["error"] is None and r["gain"] in (-1.0, 0.0, 1.0) for r in restated)
+    # Every measured metric's gain is logged, the reward's own among them.
+    assert all(r["metric_gains"]["contains"] == r["gain"] and {"f1", "log_likelihood"} <= set(r["metric_gains"])
+               for r in restated)
     for bad, message in [("[1]", "JSON object"), ("{", "not valid JSON"), ('{"self_edit_format": "rewrite"}', "cannot set")]:
         with pytest.raises(ValueError, match=message):
             ss.parse_env_kwargs(bad)
