@@ -207,10 +207,15 @@ def _coverage(by_passage: dict[int, list[dict[str, Any]]], gains: dict[int, list
     usable = {p: [r for r in rs if r.get("metric_gains")] for p, rs in by_passage.items()}
     metrics = sorted({name for rs in usable.values() for r in rs for name in r["metric_gains"]})
     return {"coverage": interval([statistics.fmean(r["coverage"] for r in rs) for rs in by_passage.values()]),
-            "coverage_gain_r": within_group_r([[(r["coverage"], g) for r, g in zip(rs, gains[p])]
-                                               for p, rs in by_passage.items()]),
-            "coverage_metric_r": {name: within_group_r([[(r["coverage"], r["metric_gains"][name]) for r in rs]
-                                                        for rs in usable.values()]) for name in metrics}}
+            "coverage_gain_r": _finite(within_group_r([[(r["coverage"], g) for r, g in zip(rs, gains[p])]
+                                                       for p, rs in by_passage.items()])),
+            "coverage_metric_r": {name: _finite(within_group_r([[(r["coverage"], r["metric_gains"][name]) for r in rs]
+                                                                for rs in usable.values()])) for name in metrics}}
+
+
+def _finite(value: float) -> float | None:
+    """None for NaN (no variation to correlate), which JSON cannot hold."""
+    return None if math.isnan(value) else value
 
 
 def markdown(settings: dict[str, dict[str, Any]]) -> str:
