@@ -16,7 +16,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
   (the faithful stand-in self-edit several benchmarks step).
 * :func:`word_overlap`, :func:`word_coverage` - how much of a self-edit is its passage's words, and how
   much of the passage's vocabulary it carries.
-* :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed.
+* :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed;
+  :func:`print_or_write` - that, or only the table printed when no output folder is given.
 * :func:`main_exit_code` - a benchmark's ``main``: bad input is one line on stderr and exit status 2.
 * :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
@@ -166,6 +167,15 @@ def write_results(json_path: str | Path, result: Any, markdown: str) -> None:
     print(markdown)
 
 
+def print_or_write(name: str, out: Path | None, summary: Any, table: str) -> None:
+    """A summary's markdown table printed or, with ``out``, written with the numbers as
+    ``<out>/<name>.json`` and ``<out>/<name>.md`` (:func:`write_results` prints it too)."""
+    if out:
+        write_results(out / f"{name}.json", summary, table)
+    else:
+        print(table)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured markdown table (numbers right-aligned)."""
 
@@ -236,10 +246,6 @@ def run_summary_main(
 
     def work() -> None:
         summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
-        table = markdown(summary)
-        if args.out:
-            write_results(args.out / f"{name}.json", summary, table)
-        else:
-            print(table)
+        print_or_write(name, args.out, summary, markdown(summary))
 
     return main_exit_code(name, work)

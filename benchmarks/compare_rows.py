@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import main_exit_code, markdown_table, write_results
+from _common import main_exit_code, markdown_table, print_or_write
 from _knowledge_report import METRIC_LABELS, METRICS, metric_cells, paired_difference, read_run
 from seal_env.config_cli import parse_config
 
@@ -104,11 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> None:
         summary = compare(config)
-        table = markdown(summary)
-        if config.out:
-            write_results(config.out / "compare_rows.json", summary, table)
-        else:
-            print(table)
+        print_or_write("compare_rows", config.out, summary, markdown(summary))
 
     return main_exit_code("compare_rows", work)
 

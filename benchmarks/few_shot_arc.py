@@ -42,7 +42,7 @@ from typing import Any, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from _common import ResultLog, file_digest, load_generator, main_exit_code, markdown_table, run_environment, write_json
+from _common import ResultLog, file_digest, load_generator, main_exit_code, markdown_table, run_environment, write_results
 from seal_env.config_cli import comma_list, parse_config
 from seal_env.env import SelfEditError
 from seal_env.lm import sample_self_edits
@@ -231,10 +231,7 @@ class Benchmark:
                 self._run_sampled(row)
         summary = self._summarise()
         summary["wall_seconds_this_invocation"] = time.perf_counter() - started
-        write_json(self.config.out / "few_shot_arc.json", summary)
-        table = markdown_results(summary)
-        (self.config.out / "few_shot_arc.md").write_text(table, encoding="utf-8")
-        print(table)
+        write_results(self.config.out / "few_shot_arc.json", summary, markdown_results(summary))
         return summary
 
     def _run_icl(self) -> None:

@@ -63,7 +63,7 @@ from _common import (
     main_exit_code,
     restatement,
     run_environment,
-    write_json,
+    write_results,
 )
 from _knowledge_report import METRICS, markdown_continual, markdown_results, paired_difference, plot_bars, plot_heat_maps
 from seal_env.config_cli import parse_config
@@ -668,14 +668,12 @@ class Benchmark:
 
     def _write(self, summary: dict[str, Any]) -> None:
         out, mode = self.config.out, self.config.mode
-        write_json(out / f"{mode}.json", summary)
-        table = markdown_continual(summary) if mode == "continual" else markdown_results(summary)
-        (out / f"{mode}.md").write_text(table, encoding="utf-8")
+        write_results(out / f"{mode}.json", summary,
+                      markdown_continual(summary) if mode == "continual" else markdown_results(summary))
         if mode == "continual":
             plot_heat_maps(summary, out)
         else:
             plot_bars(summary, out / f"{mode}.png")
-        print(table)
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import (bootstrap_ci, file_digest, format_interval, main_exit_code, markdown_table, within_group_r, word_coverage,
-                     word_overlap, write_results)
+from _common import (bootstrap_ci, file_digest, format_interval, main_exit_code, markdown_table, print_or_write, within_group_r,
+                     word_coverage, word_overlap)
 from _knowledge_report import read_run
 from transformers import PreTrainedTokenizerBase
 
@@ -145,11 +145,7 @@ def main(argv: Sequence[str] | None = None, tokenizer: PreTrainedTokenizerBase |
 
     def work() -> None:
         summary = report(config, tokenizer)
-        table = markdown(summary)
-        if config.out:
-            write_results(config.out / "self_edit_traits.json", summary, table)
-        else:
-            print(table)
+        print_or_write("self_edit_traits", config.out, summary, markdown(summary))
 
     return main_exit_code("self_edit_traits", work)
 
