@@ -19,13 +19,14 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed;
   :func:`print_or_write` - that, or only the table printed when no output folder is given.
 * :func:`main_exit_code` - a benchmark's ``main``: bad input is one line on stderr and exit status 2.
-* :func:`file_digest`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
+* :func:`file_digest`, :func:`finite_or_none`, :func:`write_json`, :func:`markdown_table`, :func:`format_interval`, :func:`run_environment`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -147,6 +148,11 @@ def word_coverage(self_edit: str, passage: str) -> float:
     if not vocabulary:
         return 0.0
     return len(vocabulary & set(_WORD.findall(self_edit.lower()))) / len(vocabulary)
+
+
+def finite_or_none(value: float) -> float | None:
+    """``None`` for NaN (a correlation with nothing to correlate), which JSON cannot hold."""
+    return None if math.isnan(value) else value
 
 
 def write_json(path: str | Path, data: Any) -> None:

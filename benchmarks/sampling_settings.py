@@ -5,8 +5,8 @@ so a recipe needs samples whose rewards differ within a context, and better ones
 learnable trait. For each *setting* (a self-edit format of the knowledge environment and a sampling
 temperature), this script samples ``--samples`` self-edits per passage from the untrained model and
 steps each in the environment with its defaults (damage-controlled log-likelihood reward; greedy
-answers only when the reward is computed from them), batched through the multi-LoRA path. It reports, per setting, with 95% bootstrap intervals
-over passages:
+answers only when the reward is computed from them), batched through the multi-LoRA path. It
+reports, per setting, with 95% bootstrap intervals over passages:
 
 * ``gain`` - the mean dense gain (score minus baseline), and ``reward`` - the share rewarded;
 * ``best_of_k_gain`` - the mean of each passage's best gain (what ``--keep best`` keeps);
@@ -44,8 +44,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from _common import (ResultLog, bootstrap_ci, format_interval, main_exit_code, markdown_table, restatement, run_environment,
-                     spearman, within_group_r, word_coverage, word_overlap, write_results)
+from _common import (ResultLog, bootstrap_ci, finite_or_none, format_interval, main_exit_code, markdown_table, restatement,
+                     run_environment, spearman, within_group_r, word_coverage, word_overlap, write_results)
 from seal_env.config_cli import json_object, parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
@@ -207,15 +207,10 @@ def _coverage(by_passage: dict[int, list[dict[str, Any]]], gains: dict[int, list
     usable = {p: [r for r in rs if r.get("metric_gains")] for p, rs in by_passage.items()}
     metrics = sorted({name for rs in usable.values() for r in rs for name in r["metric_gains"]})
     return {"coverage": interval([statistics.fmean(r["coverage"] for r in rs) for rs in by_passage.values()]),
-            "coverage_gain_r": _finite(within_group_r([[(r["coverage"], g) for r, g in zip(rs, gains[p])]
+            "coverage_gain_r": finite_or_none(within_group_r([[(r["coverage"], g) for r, g in zip(rs, gains[p])]
                                                        for p, rs in by_passage.items()])),
-            "coverage_metric_r": {name: _finite(within_group_r([[(r["coverage"], r["metric_gains"][name]) for r in rs]
+            "coverage_metric_r": {name: finite_or_none(within_group_r([[(r["coverage"], r["metric_gains"][name]) for r in rs]
                                                                 for rs in usable.values()])) for name in metrics}}
-
-
-def _finite(value: float) -> float | None:
-    """None for NaN (no variation to correlate), which JSON cannot hold."""
-    return None if math.isnan(value) else value
 
 
 def markdown(settings: dict[str, dict[str, Any]]) -> str:

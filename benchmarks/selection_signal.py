@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from _common import format_interval, markdown_table, run_summary_main, word_coverage, word_overlap
+from _common import finite_or_none, format_interval, markdown_table, run_summary_main, word_coverage, word_overlap
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
@@ -106,7 +106,6 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
             kept_coverage.append(coverages[k] - float(np.mean(coverages)))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
-    score_lines_r = within_group_r(lines_pairs)
     return {
         "round": records[0].round if records else None,
         "n_contexts": len(contexts),
@@ -117,7 +116,7 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
         "kept_own_advantage": ci(kept_own),
         "best_own_advantage": ci(best_own),
         "kept_lines_advantage": ci(kept_lines),
-        "score_lines_r": None if math.isnan(score_lines_r) else score_lines_r,
+        "score_lines_r": finite_or_none(within_group_r(lines_pairs)),
         "overlap": ci(overlap),
         "kept_overlap_advantage": ci(kept_overlap),
         "coverage": ci(coverage),

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import (bootstrap_ci, file_digest, format_interval, main_exit_code, markdown_table, print_or_write, within_group_r,
-                     word_coverage, word_overlap)
+from _common import (bootstrap_ci, file_digest, finite_or_none, format_interval, main_exit_code, markdown_table, print_or_write,
+                     within_group_r, word_coverage, word_overlap)
 from _knowledge_report import read_run
 from transformers import PreTrainedTokenizerBase
 
@@ -92,8 +92,8 @@ def row_summary(per_passage: dict[int, list[dict[str, float]]], *, n_resamples: 
         means = [statistics.fmean(e[trait] for e in per_passage[p]) for p in passages]
         summary[trait] = bootstrap_ci(means, n_resamples=n_resamples, seed=seed).to_dict() if means else None
     for x, y in CORRELATIONS:
-        r = within_group_r([[(e[x], e[y]) for e in per_passage[p]] for p in passages])
-        summary[f"{x}_{y}_r"] = None if r != r else r  # NaN: one self-edit per passage, nothing to compare
+        # None with one self-edit per passage: nothing to compare.
+        summary[f"{x}_{y}_r"] = finite_or_none(within_group_r([[(e[x], e[y]) for e in per_passage[p]] for p in passages]))
     return summary
 
 
@@ -130,8 +130,8 @@ def markdown(summary: dict[str, Any]) -> str:
     def r(value: float | None) -> str:
         return "—" if value is None else f"{value:+.2f}"
 
-    header = ["row (run)", "passages", "self-edits", "lines", "chars", "tokens", "at the sampling limit %", "word overlap", "coverage", "contains answer %",
-              "gold log-lik / token", "r coverage-contains", "r coverage-log-lik", "r log-lik-contains"]
+    header = ["row (run)", "passages", "self-edits", "lines", "chars", "tokens", "at the sampling limit %", "word overlap",
+              "coverage", "contains answer %", "gold log-lik / token", "r coverage-contains", "r coverage-log-lik", "r log-lik-contains"]
     body = [[f"{s['row']} ({s['run']})", s["n_passages"], s["n_self_edits"], cell(s["lines"], digits=1),
              cell(s["chars"], digits=0), cell(s["tokens"], digits=0), cell(s["at_limit"], 100.0, 0), cell(s["overlap"]), cell(s["coverage"]), cell(s["contains"], 100.0, 1),
              cell(s["log_likelihood"]), *(r(s[f"{x}_{y}_r"]) for x, y in CORRELATIONS)]
