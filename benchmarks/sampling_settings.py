@@ -17,6 +17,10 @@ reports, per setting, with 95% bootstrap intervals over passages:
   ``coverage_gain_r`` - the correlation of coverage and gain among one passage's samples (within
   passage, what best-of-k selection acts on); ``coverage_metric_r`` the same for the gain in each
   metric the environment measured (all of them when it generates answers), whatever the reward;
+* ``selection_by_metric`` - per metric, what best-of-k selection by that metric's gain would keep:
+  ``extra_coverage``, the kept self-edit's coverage minus its siblings' mean, and
+  ``extra_contains``, the same for the gain in answer containment (ties for best count as a
+  random pick among them);
 
 plus, as a reference, the restatement's gain (the passage one sentence per line). ``--env-kwargs``
 changes the reward the environment computes (e.g. trained together with the passage, against the
@@ -210,7 +214,26 @@ def _coverage(by_passage: dict[int, list[dict[str, Any]]], gains: dict[int, list
             "coverage_gain_r": finite_or_none(within_group_r([[(r["coverage"], g) for r, g in zip(rs, gains[p])]
                                                        for p, rs in by_passage.items()])),
             "coverage_metric_r": {name: finite_or_none(within_group_r([[(r["coverage"], r["metric_gains"][name]) for r in rs]
-                                                                for rs in usable.values()])) for name in metrics}}
+                                                                for rs in usable.values()])) for name in metrics},
+            "selection_by_metric": {name: _selection_by(name, usable, interval) for name in metrics}}
+
+
+def _selection_by(metric: str, usable: dict[int, list[dict[str, Any]]],
+                  interval: Callable[[list[float]], dict[str, float]]) -> dict[str, Any]:
+    """What keeping each passage's best sample by ``metric``'s gain selects: the kept sample's
+    coverage (and containment gain, when measured) minus its siblings' mean, over passages."""
+    extra: dict[str, list[float]] = {"extra_coverage": [], "extra_contains": []}
+    for records in usable.values():
+        if len(records) < 2:
+            continue
+        best = max(r["metric_gains"][metric] for r in records)
+        kept = [r for r in records if r["metric_gains"][metric] == best]
+        for name, trait in (("extra_coverage", lambda r: r["coverage"]), ("extra_contains", lambda r: r["metric_gains"].get("contains"))):
+            if any(trait(r) is None for r in records):
+                continue
+            # Each tied best is kept with equal chance; its siblings are the other samples.
+            extra[name].append(statistics.fmean(trait(k) - statistics.fmean(trait(r) for r in records if r is not k) for k in kept))
+    return {name: interval(values) if values else None for name, values in extra.items()}
 
 
 def markdown(settings: dict[str, dict[str, Any]]) -> str:
@@ -224,9 +247,16 @@ def markdown(settings: dict[str, dict[str, Any]]) -> str:
              cell(s.get("reward")), cell(s.get("best_of_k_gain")), cell(s.get("within_sd")), cell(s.get("overlap")),
              r(s.get("overlap_gain_r")), cell(s.get("coverage")), r(s.get("coverage_gain_r"))]
             for name, s in settings.items()]
-    return markdown_table(["setting", "passages", "self-edits", "errors", "gain", "reward", "best-of-k gain",
-                           "within-passage sd", "word overlap", "overlap-gain r", "coverage",
-                           "coverage-gain r (within passage)"], rows)
+    table = markdown_table(["setting", "passages", "self-edits", "errors", "gain", "reward", "best-of-k gain",
+                            "within-passage sd", "word overlap", "overlap-gain r", "coverage",
+                            "coverage-gain r (within passage)"], rows)
+    selection = [[name, metric, r(s["coverage_metric_r"].get(metric)), cell(by["extra_coverage"]), cell(by["extra_contains"])]
+                 for name, s in settings.items() for metric, by in s.get("selection_by_metric", {}).items()
+                 if by["extra_coverage"] is not None]  # none: one sample per passage, nothing to select
+    if not selection:
+        return table
+    return table + "\n" + markdown_table(["setting", "selecting by the gain in", "coverage-gain r (within passage)",
+                                          "kept: extra coverage", "kept: extra containment gain"], selection)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -248,6 +248,29 @@ def test_answer_pmi_is_the_question_likelihood_minus_the_neutral_one(tiny_lm):
     assert info["gain"] == pytest.approx(info["metrics"]["answer_pmi"] - info["baseline_metrics"]["answer_pmi"])
 
 
+def test_recall_metrics_score_the_passage_and_its_answer_sentences_after_the_title(tiny_lm):
+    from seal_env.scoring import answer_log_likelihoods
+    from seal_env.tasks.knowledge import Passage, Question, answer_sentences
+
+    model, tokenizer = tiny_lm
+    passage = Passage("Velmora Bridge", "It spans the Kell. Talia Norwin designed it! It is ochre.",
+                      (Question("Who designed it?", ("Talia Norwin",)), Question("What colour?", ("ochre", "Ochre"))))
+    assert answer_sentences(passage) == ["Talia Norwin designed it!", "It is ochre."]
+    unanswered = Passage("", "No answer here. None here either.", (Question("Q?", ("absent",)),))
+    assert answer_sentences(unanswered) == ["No answer here. None here either."]
+    env = KnowledgeIncorporationEnv([passage, *PASSAGES], model=tiny_lm, inner_loop=FAST,
+                                    reward_metric="answer_sentence_log_likelihood", answer_generation=False)
+    evaluation = env.evaluate(model, passage)
+    whole = answer_log_likelihoods(model, tokenizer, ["Velmora Bridge\n"], [passage.context])[0]
+    sentences = answer_log_likelihoods(model, tokenizer, ["Velmora Bridge\n"] * 2, answer_sentences(passage))
+    assert evaluation.metrics["passage_log_likelihood"] == pytest.approx(whole, abs=1e-4)
+    assert evaluation.score == evaluation.metrics["answer_sentence_log_likelihood"] == pytest.approx(sum(sentences) / 2, abs=1e-4)
+    env.reset(options={"index": 0})
+    _, _, _, _, info = env.step("Talia Norwin designed the Velmora Bridge. It is ochre.")
+    assert info["gain"] == pytest.approx(info["metrics"]["answer_sentence_log_likelihood"]
+                                         - info["baseline_metrics"]["answer_sentence_log_likelihood"])
+
+
 @pytest.mark.parametrize("metric", ["log_likelihood", "answer_pmi"])
 def test_skipping_answer_generation_leaves_the_dense_reward_and_score_unchanged(tiny_lm, metric):
     results = []
@@ -259,7 +282,8 @@ def test_skipping_answer_generation_leaves_the_dense_reward_and_score_unchanged(
         results.append((reward, info))
     (reward, full), (skipped_reward, skipped) = results
     assert skipped_reward == reward and skipped["score"] == full["score"] and skipped["baseline_score"] == full["baseline_score"]
-    assert set(skipped["metrics"]) == {"log_likelihood", "answer_pmi"} and "contains" in full["metrics"]
+    assert set(skipped["metrics"]) == {"log_likelihood", "answer_pmi", "passage_log_likelihood",
+                                       "answer_sentence_log_likelihood"} and "contains" in full["metrics"]
     assert "prediction" not in skipped["items"][0] and "prediction" in full["items"][0]
     with pytest.raises(ValueError, match="answer_generation=False"):
         KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, reward_metric="f1", answer_generation=False)

@@ -94,6 +94,17 @@ def test_summary_of_hand_made_records():
     # The failed step has no metric gains: passage 1 has one usable sample, and only passage 0 counts.
     assert stats["coverage_metric_r"]["log_likelihood"] == pytest.approx(-1.0)
     assert stats["coverage_metric_r"]["f1"] == pytest.approx(1.0)
+    # Selecting passage 0's best by the log-likelihood keeps sample 0 (coverage 0.2 against 0.8 and
+    # 0.5), by F1 sample 1 (0.8 against 0.2 and 0.5); no containment was measured.
+    by_ll, by_f1 = stats["selection_by_metric"]["log_likelihood"], stats["selection_by_metric"]["f1"]
+    assert by_ll["extra_coverage"]["mean"] == pytest.approx(0.2 - 0.65) and by_ll["extra_contains"] is None
+    assert by_f1["extra_coverage"]["mean"] == pytest.approx(0.8 - 0.35)
+    tied = [{**r, "metric_gains": {"contains": 0.5 if r["sample"] < 2 else 0.0}} for r in records if r["passage"] == 0]
+    # Samples 0 and 1 tie for best: each is kept with equal chance, against its two siblings.
+    by_contains = ss.summarise(tied, "s")["selection_by_metric"]["contains"]
+    assert by_contains["extra_coverage"]["mean"] == pytest.approx(((0.2 - 0.65) + (0.8 - 0.35)) / 2)
+    assert by_contains["extra_contains"]["mean"] == pytest.approx(0.5 - 0.25)
+    assert "kept: extra coverage" in ss.markdown({"s": stats})
     assert ss.summarise(records, "other") == {"n_passages": 0}
     # A log written before steps recorded their coverage is summarised without it.
     older = [{k: v for k, v in r.items() if k != "coverage"} for r in records]

@@ -66,9 +66,25 @@ SELF_EDIT_PROMPTS: dict[str, str] = {
 QUESTION_SYSTEM_PROMPT = "Answer the question with a short phrase. Do not explain."
 NEUTRAL_QUESTION = "What is the answer?"
 """The question of the neutral prompt that ``answer_pmi`` compares each real question with."""
-REWARD_METRICS = ("log_likelihood", "controlled_log_likelihood", "answer_pmi", "f1", "exact_match", "contains")
-DENSE_METRICS = ("log_likelihood", "controlled_log_likelihood", "answer_pmi")
+REWARD_METRICS = (
+    "log_likelihood", "controlled_log_likelihood", "answer_pmi", "passage_log_likelihood",
+    "answer_sentence_log_likelihood", "f1", "exact_match", "contains",
+)
+DENSE_METRICS = (
+    "log_likelihood", "controlled_log_likelihood", "answer_pmi", "passage_log_likelihood", "answer_sentence_log_likelihood",
+)
 """The reward metrics that need no generated answer."""
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def answer_sentences(passage: Passage) -> list[str]:
+    """The sentences of the passage that hold a gold answer of one of its questions (case-insensitive),
+    in passage order; the whole passage when no single sentence holds one."""
+    answers = [a.lower() for q in passage.questions for a in q.answers]
+    sentences = [s for s in _SENTENCE_END.split(passage.context.strip()) if s]
+    held = [s for s in sentences if any(a in s.lower() for a in answers)]
+    return held or [passage.context]
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-z][.)])(?:\s+|$)")
 
@@ -215,6 +231,9 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         **kwargs: see :class:`~seal_env.env.SelfAdaptEnv` (model, inner_loop, reward_margin, ...).
     """
 
+    PASSAGE_LEVEL_ROWS_PER_PASS = 16
+    """Texts scored per forward pass for the passage-level metrics (whole passages are long)."""
+
     def __init__(
         self,
         passages: Sequence[Passage] | str | Path | None = None,
@@ -331,32 +350,41 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
                 ]
             conditional = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
             unconditional = answer_log_likelihoods(model, self.tokenizer, neutral, golds, batch_size=len(prompts))
-        control = self._control_log_likelihoods(model, passages, route)
+        passage_level = self._passage_level_log_likelihoods(model, passages, route)
         evaluations, start = [], 0
         for position, passage in enumerate(passages):
             end = start + len(passage.questions)
             evaluations.append(self._score(passage, predictions[start:end], conditional[start:end],
-                                           unconditional[start:end], control[position] if control else None))
+                                           unconditional[start:end], passage_level[position]))
             start = end
         return evaluations
 
-    def _control_log_likelihoods(
+    def _passage_level_log_likelihoods(
         self, model: torch.nn.Module, passages: Sequence[Passage], route: Callable[[Sequence[int]], AbstractContextManager]
-    ) -> list[float]:
-        """Per passage, the mean gold log-likelihood of its control passages' questions (none without
-        ``control_passages``), in one batch routed like the passages' own questions."""
-        if not self.control_passages:
-            return []
-        prompts, golds, owners = [], [], []
+    ) -> list[dict[str, float]]:
+        """Per passage, the log-likelihood metrics that belong to no single question, each the mean
+        over its texts: ``control_log_likelihood`` (the control passages' questions, with
+        ``control_passages``), ``passage_log_likelihood`` and ``answer_sentence_log_likelihood``,
+        routed like the passages' own questions."""
+        rows: list[tuple[int, str, str, str]] = []  # (position, metric, prompt, scored text)
         for position, passage in enumerate(passages):
             for control in self.controls_of(passage):
-                prompts += self.question_prompts(control)
-                golds += [q.answers[0] for q in control.questions]
-                owners += [position] * len(control.questions)
-        with route(owners):
-            likelihoods = answer_log_likelihoods(model, self.tokenizer, prompts, golds, batch_size=len(prompts))
-        return [sum(ll for ll, o in zip(likelihoods, owners) if o == position) / owners.count(position)
-                for position in range(len(passages))]
+                rows += [(position, "control_log_likelihood", prompt, q.answers[0])
+                         for prompt, q in zip(self.question_prompts(control), control.questions)]
+            title_line = f"{passage.title}\n" if passage.title else ""
+            rows.append((position, "passage_log_likelihood", title_line, passage.context))
+            rows += [(position, "answer_sentence_log_likelihood", title_line, text) for text in answer_sentences(passage)]
+        likelihoods: list[float] = []
+        # Passages are long: a bounded number of rows per forward pass bounds the logits' memory.
+        for chunk in range(0, len(rows), self.PASSAGE_LEVEL_ROWS_PER_PASS):
+            part = rows[chunk : chunk + self.PASSAGE_LEVEL_ROWS_PER_PASS]
+            with route([position for position, *_ in part]):
+                likelihoods += answer_log_likelihoods(model, self.tokenizer, [prompt for _, _, prompt, _ in part],
+                                                      [text for *_, text in part], batch_size=len(part))
+        by_metric: list[dict[str, list[float]]] = [{} for _ in passages]
+        for (position, metric, _, _), ll in zip(rows, likelihoods):
+            by_metric[position].setdefault(metric, []).append(ll)
+        return [{metric: sum(values) / len(values) for metric, values in found.items()} for found in by_metric]
 
     def _score(
         self,
@@ -364,7 +392,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         predictions: Sequence[str | None],
         log_likelihoods: Sequence[float],
         neutral: Sequence[float],
-        control_log_likelihood: float | None,
+        passage_level: dict[str, float],
     ) -> Evaluation:
         items = []
         for q, prediction, ll, ll_neutral in zip(passage.questions, predictions, log_likelihoods, neutral):
@@ -379,7 +407,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             item.update(log_likelihood=ll, answer_pmi=ll - ll_neutral)
             items.append(item)
         metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS if name in items[0]}
-        if control_log_likelihood is not None:
-            metrics["control_log_likelihood"] = control_log_likelihood
-            metrics["controlled_log_likelihood"] = metrics["log_likelihood"] - control_log_likelihood
+        metrics.update(passage_level)
+        if "control_log_likelihood" in passage_level:
+            metrics["controlled_log_likelihood"] = metrics["log_likelihood"] - passage_level["control_log_likelihood"]
         return Evaluation(metrics[self.reward_metric], metrics, items)
