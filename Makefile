@@ -63,12 +63,21 @@ LEARNING_RUN_IMPLICATIONS_PLUS_LL := $(LEARNING_BUDGET) --env-kwargs '{$(IMPLICA
 # containment goes with").
 LEARNING_RUN_PLUS_CONTAINS_ROOM := $(LEARNING_RUN_PLUS_CONTAINS) --max-new-tokens 320
 
+# The same recipe with room (320 tokens), kept by recall of the passage's answer-bearing sentences
+# (their log-likelihood after the title, no question) instead of containment. Among one passage's
+# rewrites it goes with coverage at r = 0.53 against containment's 0.21, and best-of-4 by it keeps
+# samples with 0.16 [0.05, 0.28] more coverage (containment: 0.10 [0.01, 0.21]); dense, so no ties
+# (README, "Rewards that follow coverage"; results/sampling_settings_rewrite_320_recall/).
+ANSWER_SENTENCES := "reward_metric": "answer_sentence_log_likelihood", "answer_generation": false
+LEARNING_RUN_PLUS_RECALL := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(ANSWER_SENTENCES)}' \
+	--max-new-tokens 320
+
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room grpo-run test
+.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall grpo-run test
 
 install: $(STAMP)
 
@@ -104,6 +113,9 @@ learning-run-implications-plus-ll: $(STAMP)
 
 learning-run-plus-contains-room: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_CONTAINS_ROOM) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_contains_room $(TRAIN_ARGS)
+
+learning-run-plus-recall: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_RECALL) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_recall $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
