@@ -16,6 +16,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
   (the faithful stand-in self-edit several benchmarks step).
 * :func:`word_overlap`, :func:`word_coverage` - how much of a self-edit is its passage's words, and how
   much of the passage's vocabulary it carries.
+* :func:`selection_differential` - how far the self-edits a selection kept stand above all of their
+  context's samples (the one definition of "kept: extra ..." that every selection table uses).
 * :func:`write_results` - a benchmark's JSON, its markdown table beside it, and the table printed;
   :func:`print_or_write` - that, or only the table printed when no output folder is given.
 * :func:`main_exit_code` - a benchmark's ``main``: bad input is one line on stderr and exit status 2.
@@ -148,6 +150,16 @@ def word_coverage(self_edit: str, passage: str) -> float:
     if not vocabulary:
         return 0.0
     return len(vocabulary & set(_WORD.findall(self_edit.lower()))) / len(vocabulary)
+
+
+def selection_differential(values: Sequence[float], kept: Sequence[int]) -> float:
+    """The kept samples' mean of ``values`` minus the mean over all of the context's samples, kept
+    ones included (the selection differential). Several indices in ``kept`` are samples tied for
+    best: each is kept with equal chance, so their mean is taken."""
+    if not values or not kept:
+        raise ValueError("selection_differential needs at least one sample and one kept index")
+    mean = sum(values) / len(values)
+    return sum(values[k] for k in kept) / len(kept) - mean
 
 
 def finite_or_none(value: float) -> float | None:

@@ -18,9 +18,9 @@ reports, per setting, with 95% bootstrap intervals over passages:
   passage, what best-of-k selection acts on); ``coverage_metric_r`` the same for the gain in each
   metric the environment measured (all of them when it generates answers), whatever the reward;
 * ``selection_by_metric`` - per metric, what best-of-k selection by that metric's gain would keep:
-  ``extra_coverage``, the kept self-edit's coverage minus its siblings' mean, and
-  ``extra_contains``, the same for the gain in answer containment (ties for best count as a
-  random pick among them);
+  ``extra_coverage``, the kept self-edit's coverage minus the mean of all the passage's samples (the
+  selection differential that ``selection_signal.py`` reports for a run), and ``extra_contains``,
+  the same for the gain in answer containment (ties for best count as a random pick among them);
 
 plus, as a reference, the restatement's gain (the passage one sentence per line). ``--env-kwargs``
 changes the reward the environment computes (e.g. trained together with the passage, against the
@@ -49,7 +49,8 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import (ResultLog, bootstrap_ci, finite_or_none, format_interval, main_exit_code, markdown_table, restatement,
-                     run_environment, spearman, within_group_r, word_coverage, word_overlap, write_results)
+                     run_environment, selection_differential, spearman, within_group_r, word_coverage, word_overlap,
+                     write_results)
 from seal_env.config_cli import json_object, parse_config
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
@@ -221,18 +222,18 @@ def _coverage(by_passage: dict[int, list[dict[str, Any]]], gains: dict[int, list
 def _selection_by(metric: str, usable: dict[int, list[dict[str, Any]]],
                   interval: Callable[[list[float]], dict[str, float]]) -> dict[str, Any]:
     """What keeping each passage's best sample by ``metric``'s gain selects: the kept sample's
-    coverage (and containment gain, when measured) minus its siblings' mean, over passages."""
+    coverage (and containment gain, when measured) minus the mean of all the passage's samples
+    (:func:`_common.selection_differential`, as ``selection_signal.py`` measures), over passages."""
     extra: dict[str, list[float]] = {"extra_coverage": [], "extra_contains": []}
     for records in usable.values():
         if len(records) < 2:
             continue
-        best = max(r["metric_gains"][metric] for r in records)
-        kept = [r for r in records if r["metric_gains"][metric] == best]
+        gains = [r["metric_gains"][metric] for r in records]
+        kept = [i for i, gain in enumerate(gains) if gain == max(gains)]
         for name, trait in (("extra_coverage", lambda r: r["coverage"]), ("extra_contains", lambda r: r["metric_gains"].get("contains"))):
-            if any(trait(r) is None for r in records):
-                continue
-            # Each tied best is kept with equal chance; its siblings are the other samples.
-            extra[name].append(statistics.fmean(trait(k) - statistics.fmean(trait(r) for r in records if r is not k) for k in kept))
+            values = [trait(r) for r in records]
+            if all(value is not None for value in values):
+                extra[name].append(selection_differential(values, kept))
     return {name: interval(values) if values else None for name, values in extra.items()}
 
 

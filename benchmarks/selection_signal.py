@@ -13,15 +13,19 @@ else. For every training round, over the contexts with at least two usable sampl
 * ``kept_own_advantage``: the kept self-edit's own gain minus its context's mean (the selection
   differential on the benchmark's measure), and ``best_own_advantage``: the same for the sample that
   selecting by the own gain would have kept, over the same contexts (those where a sample was kept);
-* ``kept_lines_advantage``: how many more training lines the kept self-edit had than its siblings,
+* ``kept_lines_advantage``: how many more training lines the kept self-edit had than its context's mean,
   and ``score_lines_r``: the within-context correlation of the score with the number of lines;
 * ``overlap``: the share of a sample's words found in its prompt (which holds the passage: how much
   it copies), and ``kept_overlap_advantage``: how much more the kept self-edit copied than its
-  siblings. A round-on-round rise of ``overlap`` that selection did not favour comes from the
+  context's mean. A round-on-round rise of ``overlap`` that selection did not favour comes from the
   fine-tuning on the generator's own samples, not from the reward;
 * ``coverage``: the share of the prompt's distinct words (the passage's, and the instruction's few)
   that a sample contains (how much of its passage it carries), and ``kept_coverage_advantage``: how
-  much more the kept self-edit carried than its siblings.
+  much more the kept self-edit carried than its context's mean (``sampling_settings.py`` counts the
+  passage's words alone).
+
+Every "kept" column is a selection differential (:func:`_common.selection_differential`): the kept
+sample minus the mean of all of its context's samples, the kept one included.
 
 Each mean comes with a 95% bootstrap interval over contexts (a context's samples are averaged first).
 The kept self-edits are recomputed with the run's own rule (:func:`agents.rest_em.select_self_edits`).
@@ -43,7 +47,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from _common import finite_or_none, format_interval, markdown_table, run_summary_main, word_coverage, word_overlap
+from _common import (finite_or_none, format_interval, markdown_table, run_summary_main, selection_differential, word_coverage,
+                     word_overlap)
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
@@ -98,12 +103,12 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int,
         if all(p is not None for p in parts):
             control.append(float(np.mean(parts)))
         if context in kept:
-            k = siblings.index(kept[context])
-            best_own.append(max(owns) - float(np.mean(owns)))
-            kept_own.append(owns[k] - float(np.mean(owns)))
-            kept_lines.append(lines[k] - float(np.mean(lines)))
-            kept_overlap.append(overlaps[k] - float(np.mean(overlaps)))
-            kept_coverage.append(coverages[k] - float(np.mean(coverages)))
+            k = [siblings.index(kept[context])]
+            best_own.append(selection_differential(owns, [int(np.argmax(owns))]))
+            kept_own.append(selection_differential(owns, k))
+            kept_lines.append(selection_differential(lines, k))
+            kept_overlap.append(selection_differential(overlaps, k))
+            kept_coverage.append(selection_differential(coverages, k))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
     return {

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import sampling_settings as ss  # noqa: E402
-from _common import word_coverage, word_overlap  # noqa: E402
+from _common import selection_differential, word_coverage, word_overlap  # noqa: E402
 
 PASSAGES = [
     {"title": "Velmora Bridge", "context": "The Velmora Bridge was designed by Talia Norwin. It is painted ochre.",
@@ -39,6 +39,15 @@ def test_word_coverage_is_the_share_of_the_passages_words_carried():
     assert word_coverage("Talia Norwin built it; Talia!", "Talia Norwin built the bridge") == pytest.approx(3 / 5)
     assert word_coverage("anything", "") == 0.0
     assert word_coverage("", "Talia") == 0.0
+
+
+def test_selection_differential_counts_the_kept_sample_among_all():
+    # The kept 4 against the mean of 1, 2, 3 and 4 (itself included): 4 - 2.5.
+    assert selection_differential([1.0, 2.0, 3.0, 4.0], [3]) == pytest.approx(1.5)
+    # Two tied for best are each kept with equal chance.
+    assert selection_differential([1.0, 3.0, 3.0, 1.0], [1, 2]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        selection_differential([1.0], [])
 
 
 def test_probe_steps_every_setting_resumes_and_summarises(tmp_path, tiny_lm, monkeypatch):
@@ -94,16 +103,17 @@ def test_summary_of_hand_made_records():
     # The failed step has no metric gains: passage 1 has one usable sample, and only passage 0 counts.
     assert stats["coverage_metric_r"]["log_likelihood"] == pytest.approx(-1.0)
     assert stats["coverage_metric_r"]["f1"] == pytest.approx(1.0)
-    # Selecting passage 0's best by the log-likelihood keeps sample 0 (coverage 0.2 against 0.8 and
-    # 0.5), by F1 sample 1 (0.8 against 0.2 and 0.5); no containment was measured.
+    # Selecting passage 0's best by the log-likelihood keeps sample 0 (coverage 0.2, where the
+    # passage's three samples average 0.5), by F1 sample 1 (0.8); no containment was measured.
     by_ll, by_f1 = stats["selection_by_metric"]["log_likelihood"], stats["selection_by_metric"]["f1"]
-    assert by_ll["extra_coverage"]["mean"] == pytest.approx(0.2 - 0.65) and by_ll["extra_contains"] is None
-    assert by_f1["extra_coverage"]["mean"] == pytest.approx(0.8 - 0.35)
+    assert by_ll["extra_coverage"]["mean"] == pytest.approx(0.2 - 0.5) and by_ll["extra_contains"] is None
+    assert by_f1["extra_coverage"]["mean"] == pytest.approx(0.8 - 0.5)
     tied = [{**r, "metric_gains": {"contains": 0.5 if r["sample"] < 2 else 0.0}} for r in records if r["passage"] == 0]
-    # Samples 0 and 1 tie for best: each is kept with equal chance, against its two siblings.
+    # Samples 0 and 1 tie for best: each is kept with equal chance (their mean coverage is 0.5, as
+    # the passage's; their containment gain 0.5 against a mean of 1/3).
     by_contains = ss.summarise(tied, "s")["selection_by_metric"]["contains"]
-    assert by_contains["extra_coverage"]["mean"] == pytest.approx(((0.2 - 0.65) + (0.8 - 0.35)) / 2)
-    assert by_contains["extra_contains"]["mean"] == pytest.approx(0.5 - 0.25)
+    assert by_contains["extra_coverage"]["mean"] == pytest.approx(0.0)
+    assert by_contains["extra_contains"]["mean"] == pytest.approx(0.5 - 1 / 3)
     assert "kept: extra coverage" in ss.markdown({"s": stats})
     assert ss.summarise(records, "other") == {"n_passages": 0}
     # A log written before steps recorded their coverage is summarised without it.
