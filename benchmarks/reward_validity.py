@@ -99,6 +99,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # What a self-edit adds beyond its passage, as knowledge_incorporation.py's rows train (passage +
     # self-edit) rather than the self-edit alone.
     "passage-plus": {"reward_metric": CONTROLLED, "include_passage": True, "baseline": "passage"},
+    # The same, scored by recall of the passage's answer-bearing sentences (no question): the reward
+    # of the learning run that selects for coverage of the passage.
+    "passage-plus-recall": {"reward_metric": "answer_sentence_log_likelihood", "include_passage": True, "baseline": "passage"},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
 ``control_passages`` is 1 unless a candidate sets it)."""
