@@ -229,7 +229,8 @@ def _selection_by(metric: str, usable: dict[int, list[dict[str, Any]]],
         if len(records) < 2:
             continue
         gains = [r["metric_gains"][metric] for r in records]
-        kept = [i for i, gain in enumerate(gains) if gain == max(gains)]
+        best = max(gains)
+        kept = [i for i, gain in enumerate(gains) if gain == best]
         for name, trait in (("extra_coverage", lambda r: r["coverage"]), ("extra_contains", lambda r: r["metric_gains"].get("contains"))):
             values = [trait(r) for r in records]
             if all(value is not None for value in values):
