@@ -71,21 +71,12 @@ ANSWER_SENTENCES := "reward_metric": "answer_sentence_log_likelihood", "answer_g
 LEARNING_RUN_PLUS_RECALL := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(ANSWER_SENTENCES)}' \
 	--max-new-tokens 320
 
-# The same recipe kept by the sum of the two gains: the gold answers' log-likelihood and the answer
-# sentences' recall. Kept by the gold log-likelihood, generators raised that log-likelihood on the
-# evaluation passages and not containment; kept by recall, containment and not the log-likelihood
-# (README, "Every generator so far"). In the recall run's own steps the two gains correlate at r = 0.22
-# and pick the same best of 4 in 49 of 130 groups: the sum selects something neither selects alone.
-ANSWERS_AND_SENTENCES := "reward_metric": "answer_and_sentence_log_likelihood", "answer_generation": false
-LEARNING_RUN_PLUS_BOTH := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(ANSWERS_AND_SENTENCES)}' \
-	--max-new-tokens 320
-
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall learning-run-plus-both grpo-run test
+.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall grpo-run test
 
 install: $(STAMP)
 
@@ -124,9 +115,6 @@ learning-run-plus-contains-room: $(STAMP)
 
 learning-run-plus-recall: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_RECALL) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_recall $(TRAIN_ARGS)
-
-learning-run-plus-both: $(STAMP)
-	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_BOTH) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_both $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)

@@ -68,11 +68,10 @@ NEUTRAL_QUESTION = "What is the answer?"
 """The question of the neutral prompt that ``answer_pmi`` compares each real question with."""
 REWARD_METRICS = (
     "log_likelihood", "controlled_log_likelihood", "answer_pmi", "passage_log_likelihood",
-    "answer_sentence_log_likelihood", "answer_and_sentence_log_likelihood", "f1", "exact_match", "contains",
+    "answer_sentence_log_likelihood", "f1", "exact_match", "contains",
 )
 DENSE_METRICS = (
     "log_likelihood", "controlled_log_likelihood", "answer_pmi", "passage_log_likelihood", "answer_sentence_log_likelihood",
-    "answer_and_sentence_log_likelihood",
 )
 """The reward metrics that need no generated answer."""
 
@@ -207,12 +206,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             exactly right, so text metrics are almost always 0), ``"answer_pmi"`` (the
             same log-likelihood minus the gold answer's log-likelihood after a neutral question,
             :data:`NEUTRAL_QUESTION`: what the model knows about *this question*, not how familiar
-            the answer's words are), ``"passage_log_likelihood"`` and
-            ``"answer_sentence_log_likelihood"`` (recall of the passage, or of its sentences that
-            hold a gold answer, after its title line and with no question),
-            ``"answer_and_sentence_log_likelihood"`` (the sum of ``"log_likelihood"`` and
-            ``"answer_sentence_log_likelihood"``: its gain needs the answers and the sentences that
-            carry them), ``"f1"``, ``"exact_match"`` or ``"contains"``.
+            the answer's words are), ``"f1"``, ``"exact_match"`` or ``"contains"``.
         baseline: ``"base"`` (the un-updated model, the paper's definition) or ``"passage"`` (the
             model updated on the raw passage alone: rewards self-edits that beat plain reading).
         include_passage: also train on the passage itself (the paper's "passage + self-edit").
@@ -414,9 +408,6 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             items.append(item)
         metrics = {name: sum(item[name] for item in items) / len(items) for name in REWARD_METRICS if name in items[0]}
         metrics.update(passage_level)
-        # Selecting by either alone moved only its own half of the benchmark's bar (README, "Every
-        # generator so far"): the sum asks a self-edit to teach the answers and the sentences.
-        metrics["answer_and_sentence_log_likelihood"] = metrics["log_likelihood"] + metrics["answer_sentence_log_likelihood"]
         if "control_log_likelihood" in passage_level:
             metrics["controlled_log_likelihood"] = metrics["log_likelihood"] - passage_level["control_log_likelihood"]
         return Evaluation(metrics[self.reward_metric], metrics, items)
