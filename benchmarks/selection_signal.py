@@ -79,14 +79,15 @@ def _interval(values: Sequence[float], n_resamples: int, seed: int) -> dict[str,
     return bootstrap_ci(values, n_resamples=n_resamples, seed=seed).to_dict() if values else None
 
 
-def round_summary(records: Sequence[StepRecord], keep: str, *, n_resamples: int, seed: int) -> dict[str, Any]:
+def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence[str] | None = None, n_resamples: int,
+                  seed: int) -> dict[str, Any]:
     """The selection statistics of one round's training steps (see the module docstring)."""
     usable = [r for r in records if r.score is not None and not r.info.get("error")]
     by_context: dict[int, list[StepRecord]] = defaultdict(list)
     for record in usable:
         by_context[record.context_index].append(record)
     contexts = {c: rs for c, rs in sorted(by_context.items()) if len(rs) >= 2}
-    kept = {r.context_index: r for r in select_self_edits(usable, keep) if r.context_index in contexts}
+    kept = {r.context_index: r for r in select_self_edits(usable, keep, keep_by) if r.context_index in contexts}
 
     gain, own, control, kept_own, best_own, kept_lines, lines_pairs = [], [], [], [], [], [], []
     overlap, kept_overlap, coverage, kept_coverage = [], [], [], []
@@ -144,8 +145,9 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dic
     return {
         "run": str(run_dir),
         "keep": agent_config["keep"],
-        "rounds": [round_summary(log.records(r, "train"), agent_config["keep"], n_resamples=n_resamples, seed=seed)
-                   for r in rounds],
+        "keep_by": agent_config.get("keep_by"),
+        "rounds": [round_summary(log.records(r, "train"), agent_config["keep"], keep_by=agent_config.get("keep_by"),
+                                 n_resamples=n_resamples, seed=seed) for r in rounds],
     }
 
 

@@ -145,6 +145,28 @@ def test_select_self_edits_breaks_ties_by_the_earliest_sample():
     assert select_self_edits(records[2:], "best") == []
 
 
+def test_keep_by_keeps_the_highest_rank_sum_of_the_named_metrics_among_rewarded_siblings():
+    # (reward, score, recall, answers): by score "w" wins; by ranks (among the rewarded) "x", second
+    # in both metrics, beats "w" and "y", each first in one and last in the other; "z" is unrewarded.
+    samples = {"w": (1.0, 9.0, 4.0, 0.0), "x": (1.0, 1.0, 3.0, 3.0), "y": (1.0, 8.0, 0.0, 4.0), "v": (1.0, 0.0, 1.0, 1.0),
+               "z": (0.0, 0.0, 9.0, 9.0)}
+    records = [StepRecord(1, "train", 0, sample, "p", text, reward, {"score": score, "metrics": {"recall": recall, "answers": answers}})
+               for sample, (text, (reward, score, recall, answers)) in enumerate(samples.items())]
+    other_context = StepRecord(1, "train", 1, 0, "q", "u", 1.0, {"score": 0.0, "metrics": {"recall": 0.0, "answers": 0.0}})
+    assert [r.self_edit for r in select_self_edits(records, "best")] == ["w"]
+    assert [r.self_edit for r in select_self_edits([*records, other_context], "best", ["recall", "answers"])] == ["x", "u"]
+    # Equal values share a rank, and a tie in rank sums goes to the higher score.
+    tied = [StepRecord(1, "train", 0, k, "p", text, 1.0, {"score": score, "metrics": {"recall": 1.0}})
+            for k, (text, score) in enumerate([("a", 1.0), ("b", 2.0)])]
+    assert [r.self_edit for r in select_self_edits(tied, "best", ["recall"])] == ["b"]
+    with pytest.raises(ValueError, match="keep_by names 'pmi'.*'answers', 'recall'"):
+        select_self_edits(records, "best", ["pmi"])
+    with pytest.raises(ValueError, match="keep_by needs keep='best'"):
+        RestEMConfig(keep="rewarded", keep_by=["recall"])
+    with pytest.raises(ValueError, match="keep_by needs keep='best'"):
+        RestEMConfig(keep_by=[])
+
+
 class CrashingStepper(SequentialStepper):
     """Counts the steps it takes; raises after ``crash_after`` of them (a simulated kill)."""
 

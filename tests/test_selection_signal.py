@@ -69,6 +69,16 @@ def test_selection_statistics_match_a_hand_computation(tmp_path):
     assert entry["kept_own_advantage"]["low"] <= entry["kept_own_advantage"]["mean"] <= entry["kept_own_advantage"]["high"]
 
 
+def test_a_run_kept_by_ranks_is_summarised_with_its_own_rule(tmp_path):
+    # Ranked by the gold log-likelihood alone, context 0 keeps sample 1, the best by its own answers.
+    summary = selection_signal.summarise(_write_run(tmp_path / "run", STEPS, {"keep": "best", "keep_by": ["log_likelihood"]}),
+                                         n_resamples=200)
+    (entry,) = summary["rounds"]
+    assert summary["keep_by"] == ["log_likelihood"]
+    assert entry["kept_own_advantage"]["mean"] == pytest.approx(entry["best_own_advantage"]["mean"])
+    assert entry["kept_own_advantage"]["mean"] == pytest.approx((1.0 - 1 / 3 + 0.1) / 2)
+
+
 def test_cli_writes_the_table_and_json(tmp_path):
     run = _write_run(tmp_path / "run", STEPS, {"keep": "best"})
     out = tmp_path / "out"
