@@ -32,7 +32,9 @@ Modes (``--mode``):
 
 Every finished unit (a passage's row; a continual step) is appended to ``<out>/<mode>.log.jsonl``;
 running the same command again skips what is there, so an interrupted run resumes. Sampled
-self-edits are cached in ``<out>/self_edits.jsonl`` and shared by the modes. Outputs:
+self-edits are cached in ``<out>/self_edits.jsonl`` and shared by the modes. ``--reuse-rows-from
+DIR`` copies the units that do not depend on the generator from an earlier run with the same
+settings. Outputs:
 ``<out>/<mode>.json`` (with a ``rows`` list), ``<out>/<mode>.md`` and plots.
 
 Example::
@@ -49,7 +51,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +72,7 @@ from seal_env.config_cli import parse_config
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
+from seal_env.jsonl import read_jsonl, split_header
 from seal_env.lm import TrainingExample, sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
 from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, Passage, load_passages
@@ -144,6 +147,12 @@ class BenchmarkConfig:
     generator: Path | None = None
     """A trained generator: a PEFT adapter folder (``save_pretrained``) on the inner model, or a full
     checkpoint folder; adds the ``generator`` row."""
+    reuse_rows_from: Path | None = None
+    """single mode: the ``--out`` folder of an earlier run whose log has this run's settings apart from
+    ``--generator``. Its units of this run's rows other than ``generator`` (the ``untrained`` row,
+    say) are copied into this run's logs instead of being computed again: they do not depend on the
+    generator, and sampling (seeded per passage) and the inner loop are deterministic. Evaluating a
+    new generator against the untrained row then costs half as much."""
     model: str | None = None
     """Inner model: ``None`` for the embedded default, else a Hugging Face id or local folder."""
     inner_loop: Literal["default", "seal"] = "default"
@@ -184,6 +193,12 @@ class BenchmarkConfig:
             index, count = self.shard
             if not 0 <= index < count:
                 raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+        if self.reuse_rows_from is not None:
+            self.reuse_rows_from = Path(self.reuse_rows_from)
+            if self.mode != "single":
+                raise ValueError("--reuse-rows-from is for the single mode")
+            if not (self.reuse_rows_from / "single.log.jsonl").is_file():
+                raise FileNotFoundError(f"--reuse-rows-from {self.reuse_rows_from}: no single.log.jsonl there")
         if self.mode != "single" and self.n_passages is None:
             self.n_passages = DEFAULT_N_PASSAGES[self.mode]
         for name in ("limit", "n_passages", "self_edits_per_passage", "sample_tokens", "bootstrap_resamples", "threads"):
@@ -259,6 +274,13 @@ class SelfEdits:
         config: BenchmarkConfig,
     ):
         self.env, self.cache, self.samplers, self.config = env, cache, samplers, config
+
+    def reuse(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Take in self-edits sampled by an earlier run with the same sampling settings (entries of
+        its cache), unless drawn here already."""
+        for entry in entries:
+            if self.cache.get((entry["source"], entry["passage"])) is None:
+                self.cache.append(entry)
 
     def get(self, row: Row, index: int) -> tuple[list[str], float]:
         """``(self-edits, seconds spent sampling them)`` for passage ``index``."""
@@ -391,6 +413,35 @@ class Benchmark:
             samplers,
             config,
         )
+        if config.reuse_rows_from is not None:
+            self._reuse_rows(config.reuse_rows_from)
+
+    def _reuse_rows(self, folder: Path) -> None:
+        """Copy the units of the rows that do not depend on the generator, and their sampled
+        self-edits, from an earlier run's logs (see ``BenchmarkConfig.reuse_rows_from``)."""
+        path = folder / "single.log.jsonl"
+        written, records = split_header(read_jsonl(path, repair=False), path)
+        differing = sorted(k for k in set(written) | set(self.log.config)
+                           if k != "generator_sha256" and written.get(k) != self.log.config.get(k))
+        if differing:
+            raise ValueError(f"--reuse-rows-from {folder}: its log was written with other settings ({', '.join(differing)} "
+                             "differ), so its units are not this run's")
+        rows = {row.key for row in self.rows if row.key != "generator"}
+        indices = set(self._shard_indices())  # each shard copies its own passages: no line is written twice
+        wanted = lambda key, index: key in rows and index in indices and (key, index) not in self.log  # noqa: E731
+        copied = [record for record in records if wanted(record["row"], record["passage"])]
+        for record in copied:
+            self.log.append({**record, "reused_from": str(folder)})
+        cache = folder / "self_edits.jsonl"
+        if cache.is_file():
+            self.self_edits.reuse(e for e in split_header(read_jsonl(cache, repair=False), cache)[1]
+                                  if e["source"] in rows and e["passage"] in indices)
+        print(f"reused {len(copied)} passage x row units from {folder}")
+
+    def _shard_indices(self) -> list[int]:
+        """The passages this process runs: all, or with ``--shard I/N`` those whose index is I modulo N."""
+        shard = self.config.shard
+        return [i for i in self.indices if shard is None or i % shard[1] == shard[0]]
 
     def _provenance(self) -> dict[str, Any]:
         """What the results depend on (a log written under other values is refused)."""
@@ -499,8 +550,7 @@ class Benchmark:
         return all((row.key, i) in self.log for i in self.indices for row in self.rows)
 
     def _run_single(self) -> None:
-        shard = self.config.shard
-        indices = [i for i in self.indices if shard is None or i % shard[1] == shard[0]]
+        indices = self._shard_indices()
         todo = [(i, row) for i in indices for row in self.rows if (row.key, i) not in self.log]
         for index, row in tqdm(todo, desc="passage x row", disable=not todo):
             if row.kind == "none":

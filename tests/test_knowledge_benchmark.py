@@ -286,6 +286,42 @@ def test_generator_row_is_compared_with_the_untrained_row_on_the_same_passages(d
     assert "from the untrained model's" in (tmp_path / "out" / "single.md").read_text(encoding="utf-8")
 
 
+def test_rows_reused_from_an_earlier_generators_run_equal_a_fresh_computation(data_file, tmp_path, tiny_lm):
+    model, _ = tiny_lm
+    for name, seed in (("first", 1), ("second", 2)):
+        torch.manual_seed(seed)
+        generator = get_peft_model(copy.deepcopy(model), InnerLoopConfig(rank=2, seed=seed).lora_config())
+        for parameter in generator.parameters():
+            if parameter.requires_grad:  # a LoRA B starts at zero: make the two generators differ
+                torch.nn.init.normal_(parameter, std=0.5)
+        generator.save_pretrained(tmp_path / name)
+    rows = ["untrained", "generator"]
+    bench.Benchmark(make_config(data_file, tmp_path / "earlier", rows=rows, generator=tmp_path / "first"), model=tiny_lm).run()
+    fresh = bench.Benchmark(make_config(data_file, tmp_path / "fresh", rows=rows, generator=tmp_path / "second"), model=tiny_lm).run()
+    reusing = make_config(data_file, tmp_path / "reusing", rows=rows, generator=tmp_path / "second",
+                          reuse_rows_from=tmp_path / "earlier")
+    reused = bench.Benchmark(reusing, model=tiny_lm).run()
+
+    def units(folder: str) -> dict:
+        return {(r["row"], r["passage"]): r for r in log_records(tmp_path / folder / "single.log.jsonl")}
+
+    earlier, computed, copied = units("earlier"), units("fresh"), units("reusing")
+    assert all(copied[("untrained", p)] == {**earlier[("untrained", p)], "reused_from": str(tmp_path / "earlier")} for p in (0, 1))
+    assert all(copied[("untrained", p)]["metrics"] == computed[("untrained", p)]["metrics"] for p in (0, 1))
+    assert all("reused_from" not in copied[("generator", p)] for p in (0, 1))
+    assert copied[("generator", 0)]["self_edits"] != earlier[("generator", 0)]["self_edits"]
+    assert [r["metrics"] for r in reused["rows"]] == [r["metrics"] for r in fresh["rows"]]
+    sources = {(e["source"], e["passage"]) for e in log_records(tmp_path / "reusing" / "self_edits.jsonl")}
+    assert sources == {(key, p) for key in rows for p in (0, 1)}
+    bench.Benchmark(reusing, model=tiny_lm).run()  # a rerun copies nothing twice
+    assert len(log_records(tmp_path / "reusing" / "single.log.jsonl")) == 4
+    with pytest.raises(ValueError, match="max_answer_tokens differ"):
+        bench.Benchmark(make_config(data_file, tmp_path / "other", rows=rows, generator=tmp_path / "second",
+                                    max_answer_tokens=5, reuse_rows_from=tmp_path / "earlier"), model=tiny_lm)
+    with pytest.raises(FileNotFoundError, match="no single.log.jsonl"):
+        make_config(data_file, tmp_path / "other", reuse_rows_from=tmp_path / "second")
+
+
 def test_self_edit_format_sets_the_sampling_prompt_and_is_part_of_the_logs_settings(data_file, tmp_path, tiny_lm, monkeypatch):
     prompts = []
 
