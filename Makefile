@@ -74,9 +74,10 @@ LEARNING_RUN_PLUS_RECALL := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), 
 # The same recipe and reward, with the best of 4 chosen by two ranks: the gold answers' log-likelihood and
 # the answer sentences' recall, each ranked among a context's rewarded samples (--keep-by, a Borda
 # count). Kept by the log-likelihood, generators moved only it on the evaluation passages; kept by
-# recall, only containment (README, "Every generator so far"). A sum would not do: between siblings the
-# log-likelihood spreads twice as widely, and on the recall run's round-1 samples the best by the sum
-# kept no more coverage than by the log-likelihood alone (README, "Kept by two ranks").
+# recall, only containment (README, "Every generator so far"). Ranks rather than a sum of the two,
+# whose wider spread between siblings (the log-likelihood's) would decide alone. On the recall run's
+# round-1 samples the rule keeps recall's coverage and half of the log-likelihood's own selection
+# (README, "Kept by two ranks").
 LEARNING_RUN_PLUS_TWO_RANKS := $(LEARNING_RUN_PLUS_RECALL) --keep-by log_likelihood,answer_sentence_log_likelihood
 
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising

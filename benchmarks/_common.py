@@ -34,7 +34,7 @@ import platform
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 
@@ -256,14 +256,17 @@ def run_summary_main(
     summarise: Callable[..., dict[str, Any]],
     markdown: Callable[[dict[str, Any]], str],
     argv: Sequence[str] | None = None,
+    config_class: type[RunSummaryConfig] = RunSummaryConfig,
 ) -> int:
     """The command line of a script that summarises a run folder: ``summarise(run_dir,
-    n_resamples=...)`` then ``markdown(summary)``, printed and, with ``--out``, written as
-    ``<out>/<name>.json`` and ``<out>/<name>.md``."""
-    args = parse_config(RunSummaryConfig, argv, description, required=("run_dir",))
+    n_resamples=..., **extra)`` then ``markdown(summary)``, printed and, with ``--out``, written as
+    ``<out>/<name>.json`` and ``<out>/<name>.md``. ``config_class`` may add fields to
+    :class:`RunSummaryConfig`: they are passed to ``summarise`` as ``extra`` keywords."""
+    args = parse_config(config_class, argv, description, required=("run_dir",))
+    extra = {f.name: getattr(args, f.name) for f in fields(config_class) if f.name not in RunSummaryConfig.__dataclass_fields__}
 
     def work() -> None:
-        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples)
+        summary = summarise(args.run_dir, n_resamples=args.bootstrap_resamples, **extra)
         print_or_write(name, args.out, summary, markdown(summary))
 
     return main_exit_code(name, work)

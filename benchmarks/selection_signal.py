@@ -43,18 +43,20 @@ import json
 import math
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from _common import (finite_or_none, format_interval, markdown_table, run_summary_main, selection_differential, word_coverage,
-                     word_overlap)
+from _common import (RunSummaryConfig, finite_or_none, format_interval, markdown_table, run_summary_main, selection_differential,
+                     word_coverage, word_overlap)
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
 from agents.run_log import RunLog
 from agents.stats import bootstrap_ci, within_group_r
 from agents.train_config import CONFIG_FILE
+from seal_env.config_cli import comma_list
 
 
 def _own_gain(record: StepRecord) -> float:
@@ -130,13 +132,26 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
     }
 
 
-def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+@dataclass
+class SelectionSignalConfig(RunSummaryConfig):
+    """The summary's settings: :class:`_common.RunSummaryConfig` and a selection rule to try."""
+
+    keep_by: list[str] | None = field(default=None, metadata={"parse": comma_list()})
+    """Recompute the kept self-edits as ``--keep best --keep-by`` these metrics would have kept them
+    from the same logged samples (default: the run's own rule). A round after the first sampled from
+    a generator the run's own rule trained, so only the first round compares rules on equal terms."""
+
+
+def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0, keep_by: Sequence[str] | None = None) -> dict[str, Any]:
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise ValueError(f"{run_dir}: no {CONFIG_FILE} (is it a seal-env train output folder?)")
     agent_config = json.loads(config_path.read_text(encoding="utf-8")).get("agent_config", {})
     if "keep" not in agent_config:
         raise ValueError(f"{run_dir}: the run's agent keeps no self-edits by reward (not a ReST-EM run)")
+    keep, run_keep_by = agent_config["keep"], agent_config.get("keep_by")
+    if keep_by is not None and keep != "best":
+        raise ValueError(f"{run_dir}: --keep-by recomputes a best-of-n selection, but the run kept {keep!r} self-edits")
     log = RunLog(run_dir)
     log.read(repair=False)  # never write to the run's log
     rounds = sorted({key[0] for key in log.steps if key[1] == "train"})
@@ -144,9 +159,11 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dic
         raise ValueError(f"{run_dir}: no training steps in the log")
     return {
         "run": str(run_dir),
-        "keep": agent_config["keep"],
-        "keep_by": agent_config.get("keep_by"),
-        "rounds": [round_summary(log.records(r, "train"), agent_config["keep"], keep_by=agent_config.get("keep_by"),
+        "keep": keep,
+        "keep_by": run_keep_by,
+        # The rule the "kept" columns follow when it is not the run's own.
+        "recomputed_keep_by": None if keep_by is None else list(keep_by),
+        "rounds": [round_summary(log.records(r, "train"), keep, keep_by=run_keep_by if keep_by is None else keep_by,
                                  n_resamples=n_resamples, seed=seed) for r in rounds],
     }
 
@@ -164,11 +181,15 @@ def markdown(summary: dict[str, Any]) -> str:
          fmt(entry["kept_coverage_advantage"])]
         for entry in summary["rounds"]
     ]
-    return markdown_table(header, rows)
+    table = markdown_table(header, rows)
+    if summary.get("recomputed_keep_by"):
+        rule = ",".join(summary["recomputed_keep_by"])
+        return f"Kept as `--keep best --keep-by {rule}` would have kept from the same samples (not the run's own rule).\n\n{table}"
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_summary_main("selection_signal", __doc__.split("\n\n")[0], summarise, markdown, argv)
+    return run_summary_main("selection_signal", __doc__.split("\n\n")[0], summarise, markdown, argv, SelectionSignalConfig)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,21 @@ def test_a_run_kept_by_ranks_is_summarised_with_its_own_rule(tmp_path):
     assert entry["kept_own_advantage"]["mean"] == pytest.approx((1.0 - 1 / 3 + 0.1) / 2)
 
 
+def test_another_rule_is_recomputed_on_the_same_samples(tmp_path):
+    run = _write_run(tmp_path / "run", STEPS, {"keep": "best"})
+    summary = selection_signal.summarise(run, n_resamples=200, keep_by=["log_likelihood"])
+    assert summary["keep_by"] is None and summary["recomputed_keep_by"] == ["log_likelihood"]
+    (entry,) = summary["rounds"]
+    assert entry["kept_own_advantage"]["mean"] == pytest.approx(entry["best_own_advantage"]["mean"])
+    out = tmp_path / "out"
+    assert selection_signal.main(["--run-dir", str(run), "--out", str(out), "--bootstrap-resamples", "100",
+                                  "--keep-by", "log_likelihood"]) == 0
+    assert "--keep-by log_likelihood` would have kept" in (out / "selection_signal.md").read_text(encoding="utf-8")
+    rewarded_run = _write_run(tmp_path / "rewarded", STEPS, {"keep": "rewarded"})
+    with pytest.raises(ValueError, match="recomputes a best-of-n selection"):
+        selection_signal.summarise(rewarded_run, keep_by=["log_likelihood"])
+
+
 def test_cli_writes_the_table_and_json(tmp_path):
     run = _write_run(tmp_path / "run", STEPS, {"keep": "best"})
     out = tmp_path / "out"
