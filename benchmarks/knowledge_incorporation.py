@@ -72,7 +72,7 @@ from seal_env.config_cli import parse_config
 from seal_env.continual import ContinualStep, forgetting_matrix, run_continual
 from seal_env.env import Evaluation, SelfEditError
 from seal_env.inner_loop import InnerLoopConfig, TrainResult, adapted
-from seal_env.jsonl import read_jsonl, split_header
+from seal_env.jsonl import differing_settings, read_jsonl, split_header
 from seal_env.lm import TrainingExample, sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
 from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEnv, Passage, load_passages
@@ -421,15 +421,14 @@ class Benchmark:
         self-edits, from an earlier run's logs (see ``BenchmarkConfig.reuse_rows_from``)."""
         path = folder / "single.log.jsonl"
         written, records = split_header(read_jsonl(path, repair=False), path)
-        differing = sorted(k for k in set(written) | set(self.log.config)
-                           if k != "generator_sha256" and written.get(k) != self.log.config.get(k))
+        differing = [k for k in differing_settings(self.log.config, written) if k != "generator_sha256"]
         if differing:
             raise ValueError(f"--reuse-rows-from {folder}: its log was written with other settings ({', '.join(differing)} "
                              "differ), so its units are not this run's")
         rows = {row.key for row in self.rows if row.key != "generator"}
         indices = set(self._shard_indices())  # each shard copies its own passages: no line is written twice
-        wanted = lambda key, index: key in rows and index in indices and (key, index) not in self.log  # noqa: E731
-        copied = [record for record in records if wanted(record["row"], record["passage"])]
+        copied = [record for record in records if record["row"] in rows and record["passage"] in indices
+                  and (record["row"], record["passage"]) not in self.log]
         for record in copied:
             self.log.append({**record, "reused_from": str(folder)})
         cache = folder / "self_edits.jsonl"

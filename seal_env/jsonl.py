@@ -124,11 +124,16 @@ def split_header(lines: list[Any], path: str | Path) -> tuple[dict[str, Any], li
     return settings, [line for line in lines if not _is_header(line)]
 
 
+def differing_settings(expected: dict[str, Any], written: dict[str, Any]) -> list[str]:
+    """The names of the settings whose values differ between two log headers' settings, sorted."""
+    return sorted(k for k in set(written) | set(expected) if written.get(k) != expected.get(k))
+
+
 def _check_same_settings(path: str | Path, expected: dict[str, Any], written: dict[str, Any]) -> None:
     """``ValueError`` naming the settings that differ, when the log at ``path`` was written with other
     settings than ``expected``."""
-    if written != expected:
-        differing = sorted(k for k in set(written) | set(expected) if written.get(k) != expected.get(k))
+    differing = differing_settings(expected, written)
+    if differing:
         raise ValueError(
             f"{path} was written with other settings ({', '.join(differing)} differ): "
             "use another output folder, or delete the log to start over"
