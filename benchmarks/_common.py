@@ -152,6 +152,15 @@ def word_coverage(self_edit: str, passage: str) -> float:
     return len(vocabulary & set(_WORD.findall(self_edit.lower()))) / len(vocabulary)
 
 
+def trigram_repetition(text: str) -> float:
+    """The share of the text's word trigrams (lower-cased alphanumeric runs) that occurred earlier in it."""
+    words = _WORD.findall(text.lower())
+    trigrams = list(zip(words, words[1:], words[2:]))
+    if not trigrams:
+        return 0.0
+    return 1.0 - len(set(trigrams)) / len(trigrams)
+
+
 def selection_differential(values: Sequence[float], kept: Sequence[int]) -> float:
     """The kept samples' mean of ``values`` minus the mean over all of the context's samples, kept
     ones included (the selection differential). Several indices in ``kept`` are samples tied for

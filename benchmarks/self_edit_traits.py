@@ -12,13 +12,15 @@ their questions):
 * ``overlap`` - the share of a self-edit's words found in its passage (how much of it is copied);
 * ``coverage`` - the share of the passage's distinct words the self-edit carries (how much of the
   passage it brings);
+* ``repetition`` - the share of the self-edit's word trigrams that repeat an earlier one of it (how
+  much of its length restates itself);
 * ``contains`` and ``log_likelihood`` - the row's answer containment and gold log-likelihood per
   token after its updates (as the benchmark's own table);
 
 and, for rows with several self-edits per passage (``--self-edits-per-passage``), the correlations
 *among one passage's self-edits* (each passage's means subtracted, what best-of-k selection acts on)
-of coverage with containment and with the gold log-likelihood, and of the two measures with each
-other. Unusable self-edits (an error, no update) are left out::
+of coverage, length in tokens and repetition with containment and with the gold log-likelihood, and of
+the two measures with each other. Unusable self-edits (an error, no update) are left out::
 
     python benchmarks/self_edit_traits.py --data ../shared/data/squad_eval_passages.json \\
         --runs results/learning_run/eval_50_rewrite_plus_ll_k3,results/learning_run/eval_50_restatement \\
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from _common import (bootstrap_ci, file_digest, finite_or_none, format_interval, main_exit_code, markdown_table, print_or_write,
-                     within_group_r, word_coverage, word_overlap)
+                     trigram_repetition, within_group_r, word_coverage, word_overlap)
 from _knowledge_report import read_run
 from transformers import PreTrainedTokenizerBase
 
@@ -45,11 +47,12 @@ from seal_env.config_cli import parse_config
 from seal_env.models import load_tokenizer
 from seal_env.tasks.knowledge import load_passages
 
-TRAITS = ("lines", "chars", "tokens", "at_limit", "overlap", "coverage", "contains", "log_likelihood")
+TRAITS = ("lines", "chars", "tokens", "at_limit", "overlap", "coverage", "repetition", "contains", "log_likelihood")
 # Decoding a sample and tokenising the text again can merge or split a token or two at its edges.
 LIMIT_SLACK = 2
 # (x, y) pairs whose within-passage correlation is reported.
-CORRELATIONS = (("coverage", "contains"), ("coverage", "log_likelihood"), ("log_likelihood", "contains"))
+CORRELATIONS = (("coverage", "contains"), ("coverage", "log_likelihood"), ("tokens", "contains"), ("tokens", "log_likelihood"),
+                ("repetition", "contains"), ("repetition", "log_likelihood"), ("log_likelihood", "contains"))
 
 
 @dataclass
@@ -78,6 +81,7 @@ def self_edit_traits(text: str, context: str, metrics: dict[str, float], n_token
     return {"lines": float(sum(1 for line in text.splitlines() if line.strip())), "chars": float(len(text)),
             "tokens": float(n_tokens), "at_limit": float(at_limit),
             "overlap": word_overlap(text, context), "coverage": word_coverage(text, context),
+            "repetition": trigram_repetition(text),
             "contains": float(metrics["contains"]), "log_likelihood": float(metrics["log_likelihood"])}
 
 
@@ -130,10 +134,14 @@ def markdown(summary: dict[str, Any]) -> str:
     def r(value: float | None) -> str:
         return "—" if value is None else f"{value:+.2f}"
 
+    def label(trait: str) -> str:
+        return {"log_likelihood": "log-lik"}.get(trait, trait)
+
     header = ["row (run)", "passages", "self-edits", "lines", "chars", "tokens", "at the sampling limit %", "word overlap",
-              "coverage", "contains answer %", "gold log-lik / token", "r coverage-contains", "r coverage-log-lik", "r log-lik-contains"]
+              "coverage", "trigram repetition", "contains answer %", "gold log-lik / token",
+              *(f"r {label(x)}-{label(y)}" for x, y in CORRELATIONS)]
     body = [[f"{s['row']} ({s['run']})", s["n_passages"], s["n_self_edits"], cell(s["lines"], digits=1),
-             cell(s["chars"], digits=0), cell(s["tokens"], digits=0), cell(s["at_limit"], 100.0, 0), cell(s["overlap"]), cell(s["coverage"]), cell(s["contains"], 100.0, 1),
+             cell(s["chars"], digits=0), cell(s["tokens"], digits=0), cell(s["at_limit"], 100.0, 0), cell(s["overlap"]), cell(s["coverage"]), cell(s["repetition"]), cell(s["contains"], 100.0, 1),
              cell(s["log_likelihood"]), *(r(s[f"{x}_{y}_r"]) for x, y in CORRELATIONS)]
             for s in summary["rows"]]
     return ("Per self-edit, means over passages with 95% bootstrap intervals; r: correlation among one passage's "

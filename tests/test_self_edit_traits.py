@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import self_edit_traits  # noqa: E402
-from _common import file_digest  # noqa: E402
+from _common import file_digest, trigram_repetition  # noqa: E402
 from _knowledge_report import LOG_NAME  # noqa: E402
 
 PASSAGES = [
@@ -77,9 +77,23 @@ def test_traits_and_within_passage_correlations_match_a_hand_computation(tmp_pat
     # rises with it in both passages, the log-likelihood falls with it in passage 0 and rises in passage 1.
     assert untrained["coverage_contains_r"] == pytest.approx(_r([(0.4, 0.5), (-0.4, -0.5), (0.5, 0.5), (-0.5, -0.5)]))
     assert untrained["coverage_log_likelihood_r"] == pytest.approx(_r([(0.4, -0.5), (-0.4, 0.5), (0.5, 0.5), (-0.5, -0.5)]))
+    # No self-edit of the untrained row repeats a word trigram of its own; length goes with containment
+    # in passage 0 and against it in passage 1 (by how many tokens each text has).
+    assert untrained["repetition"]["mean"] == 0.0
+    token_deviations = [lengths["Talia Norwin designed the bridge."] - lengths["A bridge\n\nwas built."],
+                        lengths["Quell Lake freezes.\nIn March."] - lengths["Ice."]]
+    assert untrained["tokens_contains_r"] == pytest.approx(_r(
+        [(token_deviations[0] / 2, 0.5), (-token_deviations[0] / 2, -0.5), (token_deviations[1] / 2, 0.5), (-token_deviations[1] / 2, -0.5)]))
     assert restated["coverage"]["mean"] == 1.0 and restated["coverage_contains_r"] is None  # one self-edit per passage
     table = (out / "self_edit_traits.md").read_text()
     assert "| untrained (" in table and "| restatement (" in table and table in capsys.readouterr().out
+
+
+def test_trigram_repetition_counts_the_trigrams_seen_before():
+    assert trigram_repetition("The lake freezes. The lake freezes.") == pytest.approx(1 / 4)  # 4 trigrams, the last repeats the first
+    assert trigram_repetition("a b c a b c a b c") == pytest.approx(4 / 7)
+    assert trigram_repetition("the lake freezes in March") == 0.0
+    assert trigram_repetition("too short") == 0.0
 
 
 def test_bad_input_gets_one_clear_error(tmp_path, capsys, tokenizer):
