@@ -22,7 +22,10 @@ else. For every training round, over the contexts with at least two usable sampl
 * ``coverage``: the share of the prompt's distinct words (the passage's, and the instruction's few)
   that a sample contains (how much of its passage it carries), and ``kept_coverage_advantage``: how
   much more the kept self-edit carried than its context's mean (``sampling_settings.py`` counts the
-  passage's words alone).
+  passage's words alone);
+* ``repetition``: the share of a sample's word trigrams that repeat an earlier one of it (how much
+  of its length restates itself), and ``kept_repetition_advantage``: how much more the kept self-edit
+  repeated itself than its context's mean.
 
 Every "kept" column is a selection differential (:func:`_common.selection_differential`): the kept
 sample minus the mean of all of its context's samples, the kept one included.
@@ -49,7 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from _common import (RunSummaryConfig, finite_or_none, format_interval, markdown_table, run_summary_main, selection_differential,
-                     word_coverage, word_overlap)
+                     trigram_repetition, word_coverage, word_overlap)
 
 from agents.base import StepRecord
 from agents.rest_em import select_self_edits
@@ -92,13 +95,15 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
     kept = {r.context_index: r for r in select_self_edits(usable, keep, keep_by) if r.context_index in contexts}
 
     gain, own, control, kept_own, best_own, kept_lines, lines_pairs = [], [], [], [], [], [], []
-    overlap, kept_overlap, coverage, kept_coverage = [], [], [], []
+    overlap, kept_overlap, coverage, kept_coverage, repetition, kept_repetition = [], [], [], [], [], []
     for context, siblings in contexts.items():
         owns = [_own_gain(r) for r in siblings]
         overlaps = [word_overlap(r.self_edit, r.prompt) for r in siblings]
         overlap.append(float(np.mean(overlaps)))
         coverages = [word_coverage(r.self_edit, r.prompt) for r in siblings]
         coverage.append(float(np.mean(coverages)))
+        repetitions = [trigram_repetition(r.self_edit) for r in siblings]
+        repetition.append(float(np.mean(repetitions)))
         lines = [float(r.info.get("n_train_examples", math.nan)) for r in siblings]
         gain.append(float(np.mean([r.info["gain"] for r in siblings])))
         own.append(float(np.mean(owns)))
@@ -112,6 +117,7 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
             kept_lines.append(selection_differential(lines, k))
             kept_overlap.append(selection_differential(overlaps, k))
             kept_coverage.append(selection_differential(coverages, k))
+            kept_repetition.append(selection_differential(repetitions, k))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
     return {
@@ -129,6 +135,8 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
         "kept_overlap_advantage": ci(kept_overlap),
         "coverage": ci(coverage),
         "kept_coverage_advantage": ci(kept_coverage),
+        "repetition": ci(repetition),
+        "kept_repetition_advantage": ci(kept_repetition),
     }
 
 
@@ -171,14 +179,14 @@ def summarise(run_dir: Path, *, n_resamples: int = 10_000, seed: int = 0, keep_b
 def markdown(summary: dict[str, Any]) -> str:
     header = ["round", "contexts (kept)", "gain", "own gain", "control part", "kept: own advantage",
               "best own advantage", "kept: extra lines", "score-lines r", "overlap", "kept: extra overlap", "coverage",
-              "kept: extra coverage"]
+              "kept: extra coverage", "repetition", "kept: extra repetition"]
     fmt = lambda value: "—" if value is None else format_interval(value, digits=2)  # noqa: E731
     rows = [
         [entry["round"], f"{entry['n_contexts']} ({entry['n_kept']})", fmt(entry["gain"]), fmt(entry["own_gain"]), fmt(entry["control_part"]),
          fmt(entry["kept_own_advantage"]), fmt(entry["best_own_advantage"]), fmt(entry["kept_lines_advantage"]),
          "—" if entry["score_lines_r"] is None else f"{entry['score_lines_r']:.2f}",
          fmt(entry["overlap"]), fmt(entry["kept_overlap_advantage"]), fmt(entry["coverage"]),
-         fmt(entry["kept_coverage_advantage"])]
+         fmt(entry["kept_coverage_advantage"]), fmt(entry["repetition"]), fmt(entry["kept_repetition_advantage"])]
         for entry in summary["rounds"]
     ]
     table = markdown_table(header, rows)

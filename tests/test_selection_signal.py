@@ -110,3 +110,15 @@ def test_runs_it_cannot_read_get_clear_errors(tmp_path):
         selection_signal.summarise(_write_run(tmp_path / "arc", without_likelihood, {"keep": "best"}))
     with pytest.raises(ValueError, match="no config.json"):
         selection_signal.summarise(tmp_path)
+
+
+def test_repetition_of_the_kept_samples_against_their_siblings(tmp_path):
+    # Context 0 keeps (best score) a sample whose 7 trigrams repeat 4 earlier ones; its sibling repeats none.
+    steps = [dict(_step(0, 0, score=2.0, reward=1.0, own=0.0, control=0.0, lines=2), self_edit="a b c a b c a b c"),
+             dict(_step(0, 1, score=1.0, reward=1.0, own=0.0, control=0.0, lines=2), self_edit="a b c d"),
+             dict(_step(1, 0, score=1.0, reward=1.0, own=0.0, control=0.0, lines=2), self_edit="e f g"),
+             dict(_step(1, 1, score=0.0, reward=0.0, own=0.0, control=0.0, lines=2), self_edit="e f g e f g")]
+    (entry,) = selection_signal.summarise(_write_run(tmp_path / "run", steps, {"keep": "best"}), n_resamples=200)["rounds"]
+    # Context 1's sibling repeats 1 of its 4 trigrams; its kept sample none.
+    assert entry["repetition"]["mean"] == pytest.approx((4 / 7 / 2 + 1 / 4 / 2) / 2)
+    assert entry["kept_repetition_advantage"]["mean"] == pytest.approx(((4 / 7 - 2 / 7) + (0 - 1 / 8)) / 2)
