@@ -48,7 +48,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from _common import (RunSummaryConfig, finite_or_none, format_interval, markdown_table, run_summary_main, selection_differential,
@@ -84,6 +84,14 @@ def _interval(values: Sequence[float], n_resamples: int, seed: int) -> dict[str,
     return bootstrap_ci(values, n_resamples=n_resamples, seed=seed).to_dict() if values else None
 
 
+# Text traits of a sample, each reported as its context's mean and as the kept sample's advantage.
+TEXT_TRAITS: dict[str, Callable[[StepRecord], float]] = {
+    "overlap": lambda r: word_overlap(r.self_edit, r.prompt),
+    "coverage": lambda r: word_coverage(r.self_edit, r.prompt),
+    "repetition": lambda r: trigram_repetition(r.self_edit),
+}
+
+
 def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence[str] | None = None, n_resamples: int,
                   seed: int) -> dict[str, Any]:
     """The selection statistics of one round's training steps (see the module docstring)."""
@@ -95,15 +103,13 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
     kept = {r.context_index: r for r in select_self_edits(usable, keep, keep_by) if r.context_index in contexts}
 
     gain, own, control, kept_own, best_own, kept_lines, lines_pairs = [], [], [], [], [], [], []
-    overlap, kept_overlap, coverage, kept_coverage, repetition, kept_repetition = [], [], [], [], [], []
+    trait_means: dict[str, list[float]] = {trait: [] for trait in TEXT_TRAITS}
+    kept_trait: dict[str, list[float]] = {trait: [] for trait in TEXT_TRAITS}
     for context, siblings in contexts.items():
         owns = [_own_gain(r) for r in siblings]
-        overlaps = [word_overlap(r.self_edit, r.prompt) for r in siblings]
-        overlap.append(float(np.mean(overlaps)))
-        coverages = [word_coverage(r.self_edit, r.prompt) for r in siblings]
-        coverage.append(float(np.mean(coverages)))
-        repetitions = [trigram_repetition(r.self_edit) for r in siblings]
-        repetition.append(float(np.mean(repetitions)))
+        traits = {trait: [measure(r) for r in siblings] for trait, measure in TEXT_TRAITS.items()}
+        for trait, values in traits.items():
+            trait_means[trait].append(float(np.mean(values)))
         lines = [float(r.info.get("n_train_examples", math.nan)) for r in siblings]
         gain.append(float(np.mean([r.info["gain"] for r in siblings])))
         own.append(float(np.mean(owns)))
@@ -115,9 +121,8 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
             best_own.append(selection_differential(owns, [int(np.argmax(owns))]))
             kept_own.append(selection_differential(owns, k))
             kept_lines.append(selection_differential(lines, k))
-            kept_overlap.append(selection_differential(overlaps, k))
-            kept_coverage.append(selection_differential(coverages, k))
-            kept_repetition.append(selection_differential(repetitions, k))
+            for trait, values in traits.items():
+                kept_trait[trait].append(selection_differential(values, k))
         lines_pairs.append([(r.score, n) for r, n in zip(siblings, lines)])
     ci = lambda values: _interval(values, n_resamples, seed)  # noqa: E731
     return {
@@ -131,12 +136,8 @@ def round_summary(records: Sequence[StepRecord], keep: str, *, keep_by: Sequence
         "best_own_advantage": ci(best_own),
         "kept_lines_advantage": ci(kept_lines),
         "score_lines_r": finite_or_none(within_group_r(lines_pairs)),
-        "overlap": ci(overlap),
-        "kept_overlap_advantage": ci(kept_overlap),
-        "coverage": ci(coverage),
-        "kept_coverage_advantage": ci(kept_coverage),
-        "repetition": ci(repetition),
-        "kept_repetition_advantage": ci(kept_repetition),
+        **{key: value for trait in TEXT_TRAITS
+           for key, value in ((trait, ci(trait_means[trait])), (f"kept_{trait}_advantage", ci(kept_trait[trait])))},
     }
 
 

@@ -141,7 +141,8 @@ def markdown(summary: dict[str, Any]) -> str:
               "coverage", "trigram repetition", "contains answer %", "gold log-lik / token",
               *(f"r {label(x)}-{label(y)}" for x, y in CORRELATIONS)]
     body = [[f"{s['row']} ({s['run']})", s["n_passages"], s["n_self_edits"], cell(s["lines"], digits=1),
-             cell(s["chars"], digits=0), cell(s["tokens"], digits=0), cell(s["at_limit"], 100.0, 0), cell(s["overlap"]), cell(s["coverage"]), cell(s["repetition"]), cell(s["contains"], 100.0, 1),
+             cell(s["chars"], digits=0), cell(s["tokens"], digits=0), cell(s["at_limit"], 100.0, 0), cell(s["overlap"]),
+             cell(s["coverage"]), cell(s["repetition"]), cell(s["contains"], 100.0, 1),
              cell(s["log_likelihood"]), *(r(s[f"{x}_{y}_r"]) for x, y in CORRELATIONS)]
             for s in summary["rows"]]
     return ("Per self-edit, means over passages with 95% bootstrap intervals; r: correlation among one passage's "

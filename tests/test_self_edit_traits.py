@@ -77,13 +77,13 @@ def test_traits_and_within_passage_correlations_match_a_hand_computation(tmp_pat
     # rises with it in both passages, the log-likelihood falls with it in passage 0 and rises in passage 1.
     assert untrained["coverage_contains_r"] == pytest.approx(_r([(0.4, 0.5), (-0.4, -0.5), (0.5, 0.5), (-0.5, -0.5)]))
     assert untrained["coverage_log_likelihood_r"] == pytest.approx(_r([(0.4, -0.5), (-0.4, 0.5), (0.5, 0.5), (-0.5, -0.5)]))
-    # No self-edit of the untrained row repeats a word trigram of its own; length goes with containment
-    # in passage 0 and against it in passage 1 (by how many tokens each text has).
+    # No self-edit of the untrained row repeats a word trigram of its own. Within each passage the
+    # self-edits' token counts deviate from their mean by half their difference (the tokenizer's counts).
     assert untrained["repetition"]["mean"] == 0.0
     token_deviations = [lengths["Talia Norwin designed the bridge."] - lengths["A bridge\n\nwas built."],
                         lengths["Quell Lake freezes.\nIn March."] - lengths["Ice."]]
-    assert untrained["tokens_contains_r"] == pytest.approx(_r(
-        [(token_deviations[0] / 2, 0.5), (-token_deviations[0] / 2, -0.5), (token_deviations[1] / 2, 0.5), (-token_deviations[1] / 2, -0.5)]))
+    assert untrained["tokens_contains_r"] == pytest.approx(_r([(token_deviations[0] / 2, 0.5), (-token_deviations[0] / 2, -0.5),
+                                                               (token_deviations[1] / 2, 0.5), (-token_deviations[1] / 2, -0.5)]))
     assert restated["coverage"]["mean"] == 1.0 and restated["coverage_contains_r"] is None  # one self-edit per passage
     table = (out / "self_edit_traits.md").read_text()
     assert "| untrained (" in table and "| restatement (" in table and table in capsys.readouterr().out
