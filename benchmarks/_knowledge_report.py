@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,26 @@ METRIC_LABELS = {
     "contains": "contains answer %",
     "log_likelihood": "gold log-lik / token",
 }
+
+
+# What decides a self-edit's update and its answers: runs that differ here measure different things.
+MEASUREMENT_SETTINGS = ("data_sha256", "model", "inner_loop", "max_answer_tokens", "mode")
+
+
+def check_same_measurement(settings: dict[str, Any], reference: dict[str, Any], folder: Path, reference_folder: Path) -> None:
+    """``ValueError`` unless two runs' logged settings measure alike (:data:`MEASUREMENT_SETTINGS`), so
+    that their rows may be paired by passage; how their self-edits were sampled may differ."""
+    differ = [k for k in MEASUREMENT_SETTINGS if settings.get(k) != reference.get(k)]
+    if differ:
+        raise ValueError(f"{folder} and {reference_folder} measured differently ({', '.join(differ)} differ)")
+
+
+def parse_run_row(text: str) -> tuple[Path, str]:
+    """``RUN_FOLDER:ROW`` (a command-line argument) as ``(folder, row)``."""
+    folder, sep, row = text.strip().rpartition(":")
+    if not sep or not folder or not row:
+        raise argparse.ArgumentTypeError(f"expected RUN_FOLDER:ROW, got {text!r}")
+    return Path(folder), row
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:

@@ -19,35 +19,24 @@ the numbers as ``compare_rows.json`` / ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from _common import main_exit_code, markdown_table, print_or_write
-from _knowledge_report import METRIC_LABELS, METRICS, metric_cells, paired_difference, read_run
+from _knowledge_report import (METRIC_LABELS, METRICS, check_same_measurement, metric_cells, paired_difference, parse_run_row,
+                               read_run)
 from seal_env.config_cli import parse_config
-
-# What decides a self-edit's update and its answers: runs that differ here measure different things.
-MEASUREMENT_SETTINGS = ("data_sha256", "model", "inner_loop", "max_answer_tokens", "mode")
-
-
-def _split_row(text: str) -> tuple[Path, str]:
-    folder, sep, row = text.strip().rpartition(":")
-    if not sep or not folder or not row:
-        raise argparse.ArgumentTypeError(f"expected RUN_FOLDER:ROW, got {text!r}")
-    return Path(folder), row
-
 
 @dataclass
 class CompareConfig:
     """Settings of a comparison; the command line maps one to one onto these fields."""
 
-    reference: tuple[Path, str] = field(metadata={"parse": _split_row})
+    reference: tuple[Path, str] = field(metadata={"parse": parse_run_row})
     """``RUN_FOLDER:ROW``: the row every other one is compared with."""
     rows: list[tuple[Path, str]] = field(
-        default_factory=list, metadata={"parse": lambda text: [_split_row(t) for t in text.split(",") if t.strip()]}
+        default_factory=list, metadata={"parse": lambda text: [parse_run_row(t) for t in text.split(",") if t.strip()]}
     )
     """``RUN_FOLDER:ROW,...``: the rows to compare with the reference."""
     out: Path | None = None
@@ -74,9 +63,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     comparisons = []
     for folder, row in config.rows:
         settings, records = runs[folder]
-        differ = [k for k in MEASUREMENT_SETTINGS if settings.get(k) != ref_settings.get(k)]
-        if differ:
-            raise ValueError(f"{folder} and {ref_folder} measured differently ({', '.join(differ)} differ)")
+        check_same_measurement(settings, ref_settings, folder, ref_folder)
         measured = {p: r for (key, p), r in records.items() if key == row}
         passages = sorted(set(measured) & set(reference))
         if not passages:
