@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +34,16 @@ def check_same_measurement(settings: dict[str, Any], reference: dict[str, Any], 
     differ = [k for k in MEASUREMENT_SETTINGS if settings.get(k) != reference.get(k)]
     if differ:
         raise ValueError(f"{folder} and {reference_folder} measured differently ({', '.join(differ)} differ)")
+
+
+def passages_digest(path: Path) -> str:
+    """SHA-256 of a passages file's passages without their ``self_edits`` sets: what decides the
+    questions, answers and passage updates a run measures."""
+    passages = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(passages, list):
+        raise ValueError(f"{path}: expected a list of passages")
+    measured = [{k: v for k, v in p.items() if k != "self_edits"} if isinstance(p, dict) else p for p in passages]
+    return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()
 
 
 def parse_run_row(text: str) -> tuple[Path, str]:

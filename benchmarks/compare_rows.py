@@ -6,7 +6,9 @@ for instance the external self-edit sets of the 50-passage run against the untra
 of a generator's evaluation, to see how large a difference the evaluation can resolve. Both runs must
 have evaluated the same data with the same model, inner loop and answer length (so the same
 self-edit gets the same update and the same answers); anything else in their settings, such as how
-self-edits were sampled, may differ. Each difference is the question-weighted mean over the passages
+self-edits were sampled, may differ. Two passages files that hold the same passages and differ only in
+their ``self_edits`` sets (one written by ``derive_self_edits.py``, say) count as the same data when
+both are given with ``--data``. Each difference is the question-weighted mean over the passages
 both runs have, with the benchmark's bootstrap interval over passages::
 
     python benchmarks/compare_rows.py --reference results/learning_run/eval_50_rewrite:untrained \\
@@ -24,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import main_exit_code, markdown_table, print_or_write
+from _common import file_digest, main_exit_code, markdown_table, print_or_write
 from _knowledge_report import (METRIC_LABELS, METRICS, check_same_measurement, metric_cells, paired_difference, parse_run_row,
-                               read_run)
+                               passages_digest, read_run)
 from seal_env.config_cli import parse_config
 
 @dataclass
@@ -39,6 +41,11 @@ class CompareConfig:
         default_factory=list, metadata={"parse": lambda text: [parse_run_row(t) for t in text.split(",") if t.strip()]}
     )
     """``RUN_FOLDER:ROW,...``: the rows to compare with the reference."""
+    data: list[Path] = field(
+        default_factory=list, metadata={"parse": lambda text: [Path(t.strip()) for t in text.split(",") if t.strip()]}
+    )
+    """Passages files the runs evaluated (comma-separated): runs of files with the same passages,
+    whose ``self_edits`` sets differ, are paired (default: the runs' data must be the same file)."""
     out: Path | None = None
     """Folder for ``compare_rows.json`` and ``.md`` (default: print only)."""
     bootstrap_resamples: int = 10_000
@@ -55,6 +62,10 @@ def compare(config: CompareConfig) -> dict[str, Any]:
             runs[folder] = read_run(folder)
     if not config.rows:
         raise ValueError("no rows to compare: give --rows RUN_FOLDER:ROW,...")
+    # a data file's digest -> the digest of its passages without their self-edit sets
+    same_passages = {file_digest(path): passages_digest(path) for path in config.data}
+    for folder, (settings, _) in runs.items():
+        settings["data_sha256"] = same_passages.get(settings.get("data_sha256"), settings.get("data_sha256"))
     ref_folder, ref_row = config.reference
     ref_settings, ref_records = runs[ref_folder]
     reference = {p: r for (row, p), r in ref_records.items() if row == ref_row}

@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare_rows  # noqa: E402
+from _common import file_digest  # noqa: E402
 from _knowledge_report import LOG_NAME  # noqa: E402
 
 SETTINGS = {"data_sha256": "abc", "model": "tiny", "inner_loop": {"rank": 4}, "max_answer_tokens": 8, "mode": "single"}
@@ -93,3 +94,24 @@ def test_a_repeated_header_is_read_as_the_benchmark_reads_it(tmp_path, capsys):
                    encoding="utf-8")
     assert compare_rows.main(args) == 2
     assert "temperature differ" in capsys.readouterr().err
+
+
+def test_files_with_the_same_passages_pair_when_both_are_given(tmp_path, capsys):
+    """A file derived from another (derive_self_edits.py) adds self-edit sets only: with both files
+    given, runs of the two pair; a file whose passages differ still does not."""
+    passages = [{"title": "T", "context": "Talia designed it.", "questions": [{"question": "Who?", "answer": "Talia"}]}]
+    original, derived, changed = tmp_path / "original.json", tmp_path / "derived.json", tmp_path / "changed.json"
+    original.write_text(json.dumps(passages), encoding="utf-8")
+    derived.write_text(json.dumps([{**passages[0], "self_edits": {"gen": ["Talia did."]}}]), encoding="utf-8")
+    changed.write_text(json.dumps([{**passages[0], "context": "Someone designed it."}]), encoding="utf-8")
+    reference = _write_run(tmp_path / "a", [_record("untrained", 0, 0.0)], data_sha256=file_digest(original))
+    other = _write_run(tmp_path / "b", [_record("gen", 0, 1.0)], data_sha256=file_digest(derived))
+    args = ["--reference", f"{reference}:untrained", "--rows", f"{other}:gen"]
+    assert compare_rows.main(args) == 2
+    assert "data_sha256 differ" in capsys.readouterr().err
+    assert compare_rows.main([*args, "--data", f"{original},{derived}"]) == 0
+    assert "| gen (" in capsys.readouterr().out
+    third = _write_run(tmp_path / "c", [_record("gen", 0, 1.0)], data_sha256=file_digest(changed))
+    assert compare_rows.main(["--reference", f"{reference}:untrained", "--rows", f"{third}:gen",
+                              "--data", f"{original},{changed}"]) == 2
+    assert "data_sha256 differ" in capsys.readouterr().err
