@@ -2,7 +2,8 @@
 
 To ask what one trait of a generator's self-edits does, step the same texts with and without it:
 this reads the self-edits that knowledge-benchmark runs sampled for some of their rows (their
-``self_edits.jsonl``) and writes a copy of the passages file with, for each source ``NAME``, three
+``self_edits.jsonl``) and writes a copy of the passages file with, for each source ``NAME`` (not the
+name of a built-in row of the benchmark, such as ``untrained``), three
 external sets per passage:
 
 * ``NAME`` - the texts as logged;
@@ -38,8 +39,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from _common import main_exit_code, markdown_table, sentences, trigram_repetition, write_json
+from knowledge_incorporation import available_rows
 from seal_env.config_cli import parse_config
 from seal_env.jsonl import read_jsonl, split_header
+from seal_env.tasks.knowledge import parse_passages
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -123,8 +126,10 @@ def derive(config: DeriveConfig) -> dict[str, Any]:
         raise ValueError(f"source names repeat: {', '.join(names)}")
     passages = json.loads(config.data.read_text(encoding="utf-8"))
     summary: dict[str, Any] = {"data": str(config.data), "sources": []}
+    sampled: set[int] = set()
     for folder, row, name in config.sources:
         logged = _logged_texts(folder, row)
+        sampled |= set(logged)
         if max(logged) >= len(passages):
             raise ValueError(f"{folder} sampled for passage {max(logged)}, but {config.data} has {len(passages)}")
         sets: dict[str, list[str]] = {name: [], **{f"{name}-{edit}": [] for edit in EDITS}}
@@ -139,6 +144,8 @@ def derive(config: DeriveConfig) -> dict[str, Any]:
             "sets": {key: {**_traits(texts), "changed": sum(a != b for a, b in zip(sets[name], texts))}
                      for key, texts in sets.items()},
         })
+    # The knowledge benchmark's own checks (usable text, set names that are not built-in rows), before writing.
+    available_rows(parse_passages([passages[i] for i in sorted(sampled)], str(config.out)), False, "")
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(passages, ensure_ascii=False), encoding="utf-8")
     write_json(config.out.with_suffix(".summary.json"), summary)

@@ -72,12 +72,14 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys):
     data = tmp_path / "passages.json"
     data.write_text(json.dumps(PASSAGES), encoding="utf-8")
     run = _write_cache(tmp_path / "run", [{"source": "generator", "passage": 5, "texts": ["Too far."]}])
+    ok = _write_cache(tmp_path / "ok", [{"source": "generator", "passage": 0, "texts": ["Fine."]}])
     out = tmp_path / "out.json"
     cases = [
         ([f"{run}:untrained:u"], "no self-edits of row 'untrained'"),
         ([f"{run}:generator:g"], "sampled for passage 5"),
         ([f"{tmp_path}:generator:g"], "no sampled self-edits"),
         ([f"{run}:generator:g,{run}:generator:g"], "source names repeat"),
+        ([f"{ok}:generator:untrained"], "may not be named 'untrained'"),
     ]
     for sources, message in cases:
         assert derive_self_edits.main(["--data", str(data), "--sources", *sources, "--out", str(out)]) == 2
