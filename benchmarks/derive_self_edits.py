@@ -97,11 +97,13 @@ class DeriveConfig:
 
 
 def _logged_texts(folder: Path, row: str) -> dict[int, list[str]]:
+    """The row's sampled self-edits by the index of their passage in the data file."""
     cache = folder / "self_edits.jsonl"
     if not cache.is_file():
         raise FileNotFoundError(f"{cache}: no sampled self-edits (a knowledge_incorporation.py --out folder)")
-    _, entries = split_header(read_jsonl(cache, repair=False), cache)
-    logged = {e["passage"]: e["texts"] for e in entries if e["source"] == row}
+    settings, entries = split_header(read_jsonl(cache, repair=False), cache)
+    first = settings.get("first_passage", 0)  # the run's passage indices count from its first passage
+    logged = {first + e["passage"]: e["texts"] for e in entries if e["source"] == row}
     if not logged:
         raise ValueError(f"{cache}: no self-edits of row {row!r}")
     return logged

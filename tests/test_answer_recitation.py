@@ -110,3 +110,15 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     data.write_text(json.dumps(PASSAGES[:1]), encoding="utf-8")  # another file than the run evaluated
     assert answer_recitation.main(["--data", str(data), "--rows", f"{run}:untrained"]) == 2
     assert "evaluated other data" in capsys.readouterr().err
+
+
+def test_a_run_that_started_at_a_later_passage_is_read_against_those_passages(tmp_path):
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps(PASSAGES), encoding="utf-8")
+    # --first-passage 1: the log's passage 0 is the file's passage 1, whose words this answer recites
+    record = {"row": "untrained", "passage": 0, "n_questions": 1, "self_edits": [
+        {"error": None, "items": [_item("Quell Lake freezes every year in March", 1.0, -1.0)]}]}
+    run = _write_run(tmp_path / "run", data, [record], first_passage=1)
+    summary = answer_recitation.report(answer_recitation.RecitationConfig(data=data, rows=[(run, "untrained")],
+                                                                          bootstrap_resamples=50))
+    assert summary["rows"][0]["recites"]["mean"] == pytest.approx(1.0)

@@ -88,3 +88,18 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys):
     out.write_text("keep me", encoding="utf-8")
     assert derive_self_edits.main(["--data", str(data), "--sources", f"{run}:generator:g", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+def test_a_run_that_started_at_a_later_passage_gets_its_sets_on_those_passages(tmp_path):
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps(PASSAGES), encoding="utf-8")
+    run = tmp_path / "run"
+    run.mkdir()
+    # knowledge_incorporation.py --first-passage 1 logs passage 1 of the file as its passage 0
+    lines = [{"config": {"first_passage": 1}}, {"source": "generator", "passage": 0, "texts": ["Ice. Ice."]}]
+    (run / "self_edits.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n", encoding="utf-8")
+    out = tmp_path / "out.json"
+    assert derive_self_edits.main(["--data", str(data), "--sources", f"{run}:generator:gen", "--out", str(out)]) == 0
+    passages = load_passages(out)
+    assert "gen" not in passages[0].self_edits
+    assert passages[1].self_edits["gen-deduplicated"] == ["Ice."]

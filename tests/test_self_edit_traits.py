@@ -89,6 +89,19 @@ def test_traits_and_within_passage_correlations_match_a_hand_computation(tmp_pat
     assert "| untrained (" in table and "| restatement (" in table and table in capsys.readouterr().out
 
 
+def test_a_run_that_started_at_a_later_passage_is_read_against_those_passages(tmp_path, tokenizer):
+    data = tmp_path / "passages.json"
+    data.write_text(json.dumps(PASSAGES), encoding="utf-8")
+    # --first-passage 1: the log's passage 0 is the file's passage 1, all of whose words this carries
+    record = {"row": "untrained", "passage": 0, "n_questions": 1, "self_edits": [_step("Quell Lake freezes in March.", 1.0, -1.0)]}
+    run = _write_run(tmp_path / "run", data, [record])
+    log = run / LOG_NAME
+    log.write_text(log.read_text(encoding="utf-8").replace('"mode": "single"', '"mode": "single", "first_passage": 1'),
+                   encoding="utf-8")
+    config = self_edit_traits.TraitsConfig(data=data, runs=[run], bootstrap_resamples=50)
+    assert self_edit_traits.report(config, tokenizer)["rows"][0]["coverage"]["mean"] == 1.0
+
+
 def test_trigram_repetition_counts_the_trigrams_seen_before():
     assert trigram_repetition("The lake freezes. The lake freezes.") == pytest.approx(1 / 4)  # 4 trigrams, the last repeats the first
     assert trigram_repetition("a b c a b c a b c") == pytest.approx(4 / 7)
