@@ -14,7 +14,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
 * :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
 * :func:`sentences`, :func:`restatement` - a passage split into sentences, and restated one per line
   (the faithful stand-in self-edit several benchmarks step).
-* :func:`word_overlap`, :func:`word_coverage` - how much of a self-edit is its passage's words, and how
+* :func:`words` - a text's words as the text measures count them; :func:`word_overlap`,
+  :func:`word_coverage` - how much of a self-edit is its passage's words, and how
   much of the passage's vocabulary it carries.
 * :func:`selection_differential` - how far the self-edits a selection kept stand above all of their
   context's samples (the one definition of "kept: extra ..." that every selection table uses).
@@ -134,28 +135,33 @@ def restatement(passage: str) -> str:
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+def words(text: str) -> list[str]:
+    """The words of a text as every text measure here counts them: lower-cased alphanumeric runs."""
+    return _WORD.findall(text.lower())
+
+
 def word_overlap(self_edit: str, passage: str) -> float:
     """The share of the self-edit's words (lower-cased alphanumeric runs) that occur in the passage."""
-    words = _WORD.findall(self_edit.lower())
-    if not words:
+    edit_words = words(self_edit)
+    if not edit_words:
         return 0.0
-    vocabulary = set(_WORD.findall(passage.lower()))
-    return sum(word in vocabulary for word in words) / len(words)
+    vocabulary = set(words(passage))
+    return sum(word in vocabulary for word in edit_words) / len(edit_words)
 
 
 def word_coverage(self_edit: str, passage: str) -> float:
     """The share of the passage's distinct words (lower-cased alphanumeric runs) that the self-edit
     contains: how much of the passage it carries, where :func:`word_overlap` is how much of it is copied."""
-    vocabulary = set(_WORD.findall(passage.lower()))
+    vocabulary = set(words(passage))
     if not vocabulary:
         return 0.0
-    return len(vocabulary & set(_WORD.findall(self_edit.lower()))) / len(vocabulary)
+    return len(vocabulary & set(words(self_edit))) / len(vocabulary)
 
 
 def trigram_repetition(text: str) -> float:
     """The share of the text's word trigrams (lower-cased alphanumeric runs) that occurred earlier in it."""
-    words = _WORD.findall(text.lower())
-    trigrams = list(zip(words, words[1:], words[2:]))
+    text_words = words(text)
+    trigrams = list(zip(text_words, text_words[1:], text_words[2:]))
     if not trigrams:
         return 0.0
     return 1.0 - len(set(trigrams)) / len(trigrams)

@@ -29,27 +29,24 @@ Only reads the runs' logs; prints a markdown table and, with ``--out``, writes i
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import bootstrap_ci, file_digest, finite_or_none, format_interval, main_exit_code, markdown_table, pearson, print_or_write
+from _common import (bootstrap_ci, file_digest, finite_or_none, format_interval, main_exit_code, markdown_table, pearson,
+                     print_or_write, words)
 from _knowledge_report import check_same_measurement, parse_run_row, read_run
 
 from seal_env.config_cli import parse_config
 from seal_env.tasks.knowledge import load_passages
 
-_WORD = re.compile(r"[a-z0-9]+")
-
-
 def recites(answer: str, passage: str, min_words: int) -> bool:
     """Whether ``answer`` holds ``min_words`` consecutive words (lower-cased alphanumeric runs) of ``passage``."""
-    words = _WORD.findall(answer.lower())
-    text = f" {' '.join(_WORD.findall(passage.lower()))} "
-    return any(f" {' '.join(words[i:i + min_words])} " in text for i in range(len(words) - min_words + 1))
+    answer_words = words(answer)
+    text = f" {' '.join(words(passage))} "
+    return any(f" {' '.join(answer_words[i:i + min_words])} " in text for i in range(len(answer_words) - min_words + 1))
 
 
 @dataclass

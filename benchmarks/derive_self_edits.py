@@ -32,20 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from _common import main_exit_code, markdown_table, sentences, trigram_repetition, write_json
+from _common import main_exit_code, markdown_table, sentences, trigram_repetition, words, write_json
 from knowledge_incorporation import available_rows
 from seal_env.config_cli import parse_config
 from seal_env.jsonl import read_jsonl, split_header
 from seal_env.tasks.knowledge import parse_passages
-
-_WORD = re.compile(r"[a-z0-9]+")
-
 
 def deduplicate_sentences(text: str) -> str:
     """``text`` without the sentences whose words (lower-cased alphanumeric runs) already occurred
@@ -55,11 +51,11 @@ def deduplicate_sentences(text: str) -> str:
     for line in text.splitlines():
         kept = []
         for sentence in sentences(line):
-            words = " ".join(_WORD.findall(sentence.lower()))
-            if not words or f" {words} " in seen:
+            joined = " ".join(words(sentence))
+            if not joined or f" {joined} " in seen:
                 continue
             kept.append(sentence)
-            seen += f"{words} "
+            seen += f"{joined} "
         if kept:
             kept_lines.append(" ".join(kept))
     return "\n".join(kept_lines)
@@ -113,7 +109,7 @@ def _traits(texts: list[str]) -> dict[str, float]:
     return {
         "trigram_repetition": sum(map(trigram_repetition, texts)) / len(texts),
         "lines": sum(sum(1 for line in t.splitlines() if line.strip()) for t in texts) / len(texts),
-        "words": sum(len(_WORD.findall(t.lower())) for t in texts) / len(texts),
+        "words": sum(len(words(t)) for t in texts) / len(texts),
     }
 
 
