@@ -100,8 +100,7 @@ def _row_answers(folder: Path, row: str, config: RecitationConfig, contexts: lis
     settings, records = read_run(folder)
     if settings.get("data_sha256") != digest:
         raise ValueError(f"{folder} evaluated other data than {config.data} (data_sha256 differs)")
-    first = settings.get("first_passage", 0)  # a run's passage indices count from its first passage
-    answers = {p: passage_answers(r, contexts[first + p], config.min_words) for (key, p), r in sorted(records.items()) if key == row}
+    answers = {p: passage_answers(r, contexts[p], config.min_words) for (key, p), r in sorted(records.items()) if key == row}
     answers = {p: a for p, a in answers.items() if a}
     if not answers:
         raise ValueError(f"{folder}: row {row!r} has no logged answers")

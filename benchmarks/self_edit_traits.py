@@ -113,14 +113,13 @@ def report(config: TraitsConfig, tokenizer: PreTrainedTokenizerBase | None = Non
         settings, records = read_run(folder)
         if settings.get("data_sha256") != digest:
             raise ValueError(f"{folder} evaluated other data than {config.data} (data_sha256 differs)")
-        first = settings.get("first_passage", 0)  # a run's passage indices count from its first passage
         by_row: dict[str, dict[int, list[dict[str, float]]]] = {}
         for (row, passage), record in records.items():  # rows in the order the run logged them
             edits = by_row.setdefault(row, {}).setdefault(passage, [])
             for step in record.get("self_edits", []):
                 if step.get("error") is None and step.get("metrics"):
                     n_tokens = len(tokenizer(step["text"], add_special_tokens=False)["input_ids"])
-                    edits.append(self_edit_traits(step["text"], passages[first + passage].context, step["metrics"], n_tokens,
+                    edits.append(self_edit_traits(step["text"], passages[passage].context, step["metrics"], n_tokens,
                                                   settings.get("sample_tokens")))
         for row, per_passage in by_row.items():
             rows.append({"run": str(folder), "row": row,

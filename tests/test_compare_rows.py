@@ -115,3 +115,15 @@ def test_files_with_the_same_passages_pair_when_both_are_given(tmp_path, capsys)
     assert compare_rows.main(["--reference", f"{reference}:untrained", "--rows", f"{third}:gen",
                               "--data", f"{original},{changed}"]) == 2
     assert "data_sha256 differ" in capsys.readouterr().err
+
+
+def test_runs_pair_by_the_passage_of_the_data_file(tmp_path, capsys):
+    """A run started with --first-passage 1 logs the file's passage 1 as its passage 0: it pairs with
+    the other run's passage 1, not its passage 0."""
+    reference = _write_run(tmp_path / "a", [_record("untrained", 0, 0.0), _record("untrained", 1, 0.5)])
+    later = _write_run(tmp_path / "b", [_record("gpt", 0, 1.0)], first_passage=1)
+    out = tmp_path / "out"
+    assert compare_rows.main(["--reference", f"{reference}:untrained", "--rows", f"{later}:gpt", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "compare_rows.json").read_text())["rows"]
+    assert row["n_passages"] == 1
+    assert row["difference"]["contains"]["mean"] == pytest.approx(0.5)
