@@ -64,8 +64,11 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         raise ValueError("no rows to compare: give --rows RUN_FOLDER:ROW,...")
     # a data file's digest -> the digest of its passages without their self-edit sets
     same_passages = {file_digest(path): passages_digest(path) for path in config.data}
-    for folder, (settings, _) in runs.items():
-        settings["data_sha256"] = same_passages.get(settings.get("data_sha256"), settings.get("data_sha256"))
+
+    def measured_as(settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings to compare: a given data file stands for its passages."""
+        return {**settings, "data_sha256": same_passages.get(settings.get("data_sha256"), settings.get("data_sha256"))}
+
     ref_folder, ref_row = config.reference
     ref_settings, ref_records = runs[ref_folder]
     reference = {p: r for (row, p), r in ref_records.items() if row == ref_row}
@@ -74,7 +77,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     comparisons = []
     for folder, row in config.rows:
         settings, records = runs[folder]
-        check_same_measurement(settings, ref_settings, folder, ref_folder)
+        check_same_measurement(measured_as(settings), measured_as(ref_settings), folder, ref_folder)
         measured = {p: r for (key, p), r in records.items() if key == row}
         passages = sorted(set(measured) & set(reference))
         if not passages:
