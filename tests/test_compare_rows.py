@@ -109,8 +109,11 @@ def test_files_with_the_same_passages_pair_when_both_are_given(tmp_path, capsys)
     args = ["--reference", f"{reference}:untrained", "--rows", f"{other}:gen"]
     assert compare_rows.main(args) == 2
     assert "data_sha256 differ" in capsys.readouterr().err
-    assert compare_rows.main([*args, "--data", f"{original},{derived}"]) == 0
+    assert compare_rows.main([*args, "--data", f"{original},{derived}", "--out", str(tmp_path / "out")]) == 0
     assert "| gen (" in capsys.readouterr().out
+    # the reference's settings are reported as logged
+    summary = json.loads((tmp_path / "out" / "compare_rows.json").read_text())
+    assert summary["settings"]["data_sha256"] == file_digest(original)
     third = _write_run(tmp_path / "c", [_record("gen", 0, 1.0)], data_sha256=file_digest(changed))
     assert compare_rows.main(["--reference", f"{reference}:untrained", "--rows", f"{third}:gen",
                               "--data", f"{original},{changed}"]) == 2
