@@ -12,8 +12,8 @@ Benchmarks are run as scripts (``python benchmarks/<name>.py``), which puts this
   the same folder, skips every unit already in the log. A log written under another configuration
   is refused.
 * :func:`load_generator` - a trained generator folder (PEFT adapter or full checkpoint) as a model.
-* :func:`sentences`, :func:`restatement` - a passage split into sentences, and restated one per line
-  (the faithful stand-in self-edit several benchmarks step).
+* :func:`restatement` - a passage restated one sentence per line (the faithful stand-in self-edit
+  several benchmarks step; the sentences are the knowledge environment's :func:`sentences`).
 * :func:`words` - a text's words as the text measures count them; :func:`word_overlap`,
   :func:`word_coverage` - how much of a self-edit is its passage's words, and how
   much of the passage's vocabulary it carries.
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 from agents.stats import Interval, bootstrap_ci, pearson, spearman, within_group_r  # noqa: F401  (re-exported for the benchmarks)
 from seal_env.config_cli import parse_config
 from seal_env.jsonl import JsonlLog
+from seal_env.tasks.knowledge import sentences
 
 if TYPE_CHECKING:
     import torch
@@ -120,11 +121,6 @@ def load_generator(path: Path, inner_model: torch.nn.Module) -> torch.nn.Module:
 
     model, _ = load_model(path, device=next(inner_model.parameters()).device, shared=False)
     return model
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of a passage (split after ., ! or ? followed by space)."""
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
 
 
 def restatement(passage: str) -> str:

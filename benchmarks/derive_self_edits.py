@@ -12,7 +12,8 @@ external sets per passage:
   when it restarts an earlier one);
 * ``NAME-sentence-lines`` - each text with one sentence per line, as the restatement writes the
   passage (the environment trains on every non-empty line as one example, so this changes how many
-  examples, and optimiser steps, the same words make).
+  examples, and optimiser steps, the same words make; stepping it is stepping the texts as logged
+  in an environment with ``split_sentences=True``).
 
 Line breaks other than ``\\n`` (a vertical tab a generator wrote, which the environment refuses as a
 control character) are written as ``\\n`` in every set: the environment splits a self-edit into the
@@ -37,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from _common import main_exit_code, markdown_table, sentences, trigram_repetition, words, write_json
+from _common import main_exit_code, markdown_table, trigram_repetition, words, write_json
 from knowledge_incorporation import available_rows
 from seal_env.config_cli import parse_config
 from seal_env.jsonl import read_jsonl, split_header
-from seal_env.tasks.knowledge import parse_passages
+from seal_env.tasks.knowledge import parse_passages, sentence_lines, sentences
 
 def deduplicate_sentences(text: str) -> str:
     """``text`` without the sentences whose words (lower-cased alphanumeric runs) already occurred
@@ -59,11 +60,6 @@ def deduplicate_sentences(text: str) -> str:
         if kept:
             kept_lines.append(" ".join(kept))
     return "\n".join(kept_lines)
-
-
-def sentence_lines(text: str) -> str:
-    """``text`` with one sentence per line (the restatement's layout), nothing dropped."""
-    return "\n".join(s for line in text.splitlines() for s in sentences(line))
 
 
 # The edited sets a source gets, by the suffix of their names.

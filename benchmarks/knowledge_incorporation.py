@@ -166,6 +166,10 @@ class BenchmarkConfig:
     self_edit_format: str = "implications"
     """The prompt the untrained and trained generators write self-edits for (the knowledge
     environment's ``self_edit_format``): evaluate a generator on the format it was trained on."""
+    split_sentences: bool = False
+    """single and continual modes: train each sentence of a self-edit as its own example instead of
+    each line (the knowledge environment's ``split_sentences``): judge a generator in the environment
+    it was trained in."""
     max_answer_tokens: int = 24
     """Greedy answer length at evaluation."""
     bootstrap_resamples: int = 10_000
@@ -187,6 +191,8 @@ class BenchmarkConfig:
             raise ValueError(f"--limit is for the single mode; use --n-passages in {self.mode} mode")
         if self.first_passage < 0 or (self.first_passage and self.mode != "single"):
             raise ValueError(f"--first-passage must be >= 0 and is for the single mode, got {self.first_passage} in {self.mode} mode")
+        if self.split_sentences and self.mode == "cpt":
+            raise ValueError("--split-sentences is for the single and continual modes (cpt trains each passage's text whole)")
         if self.shard is not None:
             if self.mode != "single":
                 raise ValueError("--shard is for the single mode (cpt and continual train one model in sequence)")
@@ -375,6 +381,7 @@ class Benchmark:
             # single-passage recipe); cpt/continual add the passage once per passage themselves.
             include_passage=config.mode == "single",
             split_lines=config.mode != "cpt",
+            split_sentences=config.split_sentences,
             max_answer_tokens=config.max_answer_tokens,
             self_edit_format=config.self_edit_format,
             reward_metric="log_likelihood",  # the rows are compared by their metrics; no control passages needed
@@ -457,6 +464,8 @@ class Benchmark:
             "sample_tokens": c.sample_tokens,
             "temperature": c.temperature,
             "max_answer_tokens": c.max_answer_tokens,
+            # Absent when off, so that logs written before the option existed still resume.
+            **({"split_sentences": True} if c.split_sentences else {}),
             **self._format_setting(),
         }
 

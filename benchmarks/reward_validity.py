@@ -61,12 +61,12 @@ import torch
 from tqdm.auto import tqdm
 
 from _common import (Interval, ResultLog, bootstrap_ci, main_exit_code, markdown_table, pearson, restatement,
-                     run_environment, sentences, spearman, write_json)
+                     run_environment, spearman, write_json)
 from seal_env.config_cli import parse_config
 from seal_env.inner_loop import InnerLoopConfig
 from seal_env.lm import sample_self_edits
 from seal_env.models import DEFAULT_MODEL_NAME, load_model
-from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages
+from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, Passage, load_passages, sentences
 
 SEAL_SET = "seal-iter2-qwen2.5-7b"
 JUNK_KINDS = ("junk-other", "junk-shuffled")
@@ -102,6 +102,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # The same, scored by recall of the passage's answer-bearing sentences (no question): the reward
     # of the learning run that selects for coverage of the passage.
     "passage-plus-recall": {"reward_metric": "answer_sentence_log_likelihood", "include_passage": True, "baseline": "passage"},
+    # The chosen reward with one update example per sentence instead of per line, so that line breaks
+    # alone buy no optimiser steps (the learning run's derived self-edits showed that they did).
+    "controlled-sentences": {"reward_metric": CONTROLLED, "split_sentences": True},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
 ``control_passages`` is 1 unless a candidate sets it)."""
@@ -200,7 +203,9 @@ class RewardValidity:
             "inner_loop": env.inner_loop.to_dict(),
             "env": {"reward_metric": env.reward_metric, "baseline": env.baseline_mode,
                     "include_passage": env.include_passage, "max_answer_tokens": env.max_answer_tokens,
-                    "title_prefix": env.title_prefix, "question_topic": env.question_topic},
+                    "title_prefix": env.title_prefix, "question_topic": env.question_topic,
+                    # Absent when off, so that logs written before the option existed still resume.
+                    **({"split_sentences": True} if env.split_sentences else {})},
             "samples": self.config.samples,
             "seed": self.config.seed,
         }

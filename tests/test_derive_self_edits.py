@@ -30,10 +30,6 @@ def test_deduplication_drops_repeated_and_restarted_sentences_only():
     assert derive_self_edits.deduplicate_sentences("No repeats here. None at all.") == "No repeats here. None at all."
 
 
-def test_sentence_lines_put_every_sentence_on_its_own_line():
-    assert derive_self_edits.sentence_lines("One. Two!\n\nThree? Four") == "One.\nTwo!\nThree?\nFour"
-
-
 def _write_cache(folder: Path, entries: list[dict]) -> Path:
     folder.mkdir()
     lines = [json.dumps({"config": {"seed": 0}})] + [json.dumps(e) for e in entries]

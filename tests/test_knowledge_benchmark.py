@@ -18,7 +18,7 @@ from conftest import weights_digest
 from seal_env.continual import ContinualLearner, forgetting_matrix, run_continual
 from seal_env.inner_loop import InnerLoopConfig, adapted
 from seal_env.lm import TrainingExample
-from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, load_passages
+from seal_env.tasks.knowledge import KnowledgeIncorporationEnv, load_passages, sentences
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common  # noqa: E402
@@ -171,7 +171,7 @@ def test_restatement_row_trains_on_the_passage_one_sentence_per_line_once(data_f
     for record in records:
         (self_edit,) = record["self_edits"]  # deterministic: K copies would repeat one score
         assert self_edit["text"] == _common.restatement(passages[record["passage"]].context)
-        assert self_edit["n_train_examples"] == len(_common.sentences(passages[record["passage"]].context)) + 1
+        assert self_edit["n_train_examples"] == len(sentences(passages[record["passage"]].context)) + 1
 
 
 @pytest.mark.parametrize("key", ["restatement", "generator"])
@@ -336,6 +336,18 @@ def test_self_edit_format_sets_the_sampling_prompt_and_is_part_of_the_logs_setti
         bench.Benchmark(make_config(data_file, tmp_path / "out", rows=["untrained"]), model=tiny_lm)
 
 
+def test_split_sentences_trains_each_sampled_sentence_and_is_part_of_the_logs_settings(data_file, tmp_path, tiny_lm, monkeypatch):
+    monkeypatch.setattr(bench, "sample_self_edits", lambda model, tokenizer, prompts, **kwargs: [
+        ["It is one. It is two. It is three."] * kwargs.get("n", 1) for _ in prompts])
+    out = tmp_path / "out"
+    bench.Benchmark(make_config(data_file, out, rows=["untrained"], split_sentences=True), model=tiny_lm).run()
+    records = log_records(out / "single.log.jsonl")
+    assert records and all(e["n_train_examples"] == 3 + 1 for r in records for e in r["self_edits"])  # + the passage
+    assert json.loads((out / "single.log.jsonl").read_text(encoding="utf-8").splitlines()[0])["config"]["split_sentences"]
+    with pytest.raises(ValueError, match="split_sentences"):  # its log was trained sentence by sentence
+        bench.Benchmark(make_config(data_file, out, rows=["untrained"]), model=tiny_lm)
+
+
 def test_first_passage_evaluates_later_passages_in_their_own_logs(data_file, tmp_path, tiny_lm):
     out = tmp_path / "out"
     benchmark = bench.Benchmark(make_config(data_file, out, rows=["base"], first_passage=1, limit=1), model=tiny_lm)
@@ -359,6 +371,7 @@ def test_first_passage_evaluates_later_passages_in_their_own_logs(data_file, tmp
         (dict(mode="cpt", shard=(0, 2)), "--shard is for the single mode"),
         (dict(first_passage=2), "has only 2 passages"),
         (dict(mode="cpt", first_passage=1), "--first-passage"),
+        (dict(mode="cpt", split_sentences=True), "--split-sentences"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(data_file, tmp_path, tiny_lm, overrides, message):

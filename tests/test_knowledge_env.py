@@ -10,7 +10,7 @@ import seal_env  # noqa: F401  (registers the ids)
 from conftest import PASSAGES, weights_digest
 from seal_env import InnerLoopConfig, KnowledgeIncorporationEnv, load_passages
 from seal_env.env import Seconds
-from seal_env.tasks.knowledge import parse_passages, self_edit_lines
+from seal_env.tasks.knowledge import parse_passages, self_edit_lines, sentence_lines
 
 FAST = InnerLoopConfig(epochs=1)
 SELF_EDIT = "1. Talia Norwin designed the Velmora Bridge.\n2. The Velmora Bridge is painted ochre."
@@ -150,6 +150,33 @@ def test_include_passage_and_whole_self_edit_options(tiny_lm):
     env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, include_passage=True, split_lines=False)
     examples = env.self_edit_to_examples(SELF_EDIT, PASSAGES[0])
     assert [e.completion for e in examples] == [f"{PASSAGES[0].title}\n{PASSAGES[0].context}", SELF_EDIT]
+
+
+def test_split_sentences_trains_each_sentence_of_each_line_without_list_markers(tiny_lm):
+    env = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, split_sentences=True)
+    self_edit = "1. Talia Norwin designed it. It is ochre!\n2. It opened in 1999? Yes\n\n- A U.S. team helped."
+    examples = env.self_edit_to_examples(self_edit, PASSAGES[0])
+    assert [e.completion for e in examples] == [
+        "Talia Norwin designed it.", "It is ochre!", "It opened in 1999?", "Yes", "A U.S.", "team helped."]
+    assert sentence_lines("One. Two!\n\nThree? Four") == "One.\nTwo!\nThree?\nFour"
+    # Off (the default), the same text is three lines: the layout decides the number of updates.
+    assert len(KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm).self_edit_to_examples(self_edit, PASSAGES[0])) == 3
+    with pytest.raises(ValueError, match="split_lines"):
+        KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, split_sentences=True, split_lines=False)
+
+
+def test_split_sentences_steps_a_self_edit_as_its_sentence_lines_are_stepped(tiny_lm):
+    """What derive_self_edits' NAME-sentence-lines sets measured is what the option rewards."""
+    self_edit = "Talia Norwin designed the Velmora Bridge. It is painted ochre. Norwin was born in Oslo."
+    split = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, split_sentences=True, answer_generation=False)
+    lines = KnowledgeIncorporationEnv(PASSAGES, model=tiny_lm, inner_loop=FAST, answer_generation=False)
+    infos = []
+    for env, text in ((split, self_edit), (lines, sentence_lines(self_edit)), (lines, self_edit)):
+        env.reset(seed=0, options={"index": 0})
+        infos.append(env.step(text)[-1])
+    assert infos[0]["n_train_examples"] == infos[1]["n_train_examples"] == 3 and infos[2]["n_train_examples"] == 1
+    assert infos[0]["score"] == pytest.approx(infos[1]["score"], abs=1e-6)
+    assert infos[0]["score"] != pytest.approx(infos[2]["score"], abs=1e-6)
 
 
 def test_self_edit_lines_strip_markers_and_preamble():

@@ -78,12 +78,21 @@ DENSE_METRICS = (
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def sentences(text: str) -> list[str]:
+    """The sentences of a text (split after ., ! or ? followed by white space), stripped, none empty."""
+    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+def sentence_lines(text: str) -> str:
+    """``text`` with one sentence per line (each line split into its sentences), nothing dropped."""
+    return "\n".join(s for line in text.splitlines() for s in sentences(line))
+
+
 def answer_sentences(passage: Passage) -> list[str]:
     """The sentences of the passage that hold a gold answer of one of its questions (case-insensitive),
     in passage order; the whole passage when no single sentence holds one."""
     answers = [a.lower() for q in passage.questions for a in q.answers]
-    sentences = [s for s in _SENTENCE_END.split(passage.context.strip()) if s]
-    held = [s for s in sentences if any(a in s.lower() for a in answers)]
+    held = [s for s in sentences(passage.context) if any(a in s.lower() for a in answers)]
     return held or [passage.context]
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,3}[.)]|\(?[a-z][.)])(?:\s+|$)")
@@ -212,6 +221,11 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         include_passage: also train on the passage itself (the paper's "passage + self-edit").
         split_lines: one training sequence per line (paper's single-passage setting) or the whole
             self-edit as one sequence (its multi-passage setting).
+        split_sentences: with ``split_lines``, one training sequence per *sentence*: every line is
+            split after ., ! or ? (:func:`sentence_lines`) before list markers are removed. The
+            environment takes one optimiser step per sequence, so without it the same words earn
+            more steps, and more reward, when written over more lines; with it the layout of a
+            self-edit no longer matters, only its sentences.
         title_prefix: start every training sequence with the passage's title (SEAL's release does),
             so that what is learnt is tied to the topic.
         question_topic: name the topic in each closed-book question ("Topic: {title}"), as SEAL's
@@ -243,6 +257,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         baseline: str = "base",
         include_passage: bool = False,
         split_lines: bool = True,
+        split_sentences: bool = False,
         title_prefix: bool = False,
         question_topic: bool = False,
         control_passages: int | None = None,
@@ -256,6 +271,8 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
             raise ValueError(f"reward_metric must be one of {REWARD_METRICS}, got {reward_metric!r}")
         if not answer_generation and reward_metric not in DENSE_METRICS:
             raise ValueError(f"answer_generation=False needs a reward metric without text, one of {DENSE_METRICS}")
+        if split_sentences and not split_lines:
+            raise ValueError("split_sentences=True needs split_lines=True (it splits the lines further)")
         if baseline not in ("base", "passage"):
             raise ValueError(f"baseline must be 'base' or 'passage', got {baseline!r}")
         if passages is None or isinstance(passages, (str, Path)):
@@ -277,6 +294,7 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         self.baseline_mode = baseline
         self.include_passage = include_passage
         self.split_lines = split_lines
+        self.split_sentences = split_sentences
         self.title_prefix = title_prefix
         self.question_topic = question_topic
         self.control_passages = control_passages
@@ -291,7 +309,10 @@ class KnowledgeIncorporationEnv(SelfAdaptEnv[Passage]):
         return f"{passage.title}\n{passage.context}" if passage.title else passage.context
 
     def self_edit_to_examples(self, self_edit: str, passage: Passage) -> list[TrainingExample]:
-        texts = self_edit_lines(self_edit) if self.split_lines else [self_edit.strip()]
+        if not self.split_lines:
+            texts = [self_edit.strip()]
+        else:
+            texts = self_edit_lines(sentence_lines(self_edit) if self.split_sentences else self_edit)
         if not texts:
             raise SelfEditError("self-edit has no usable lines")
         if self.title_prefix and passage.title:
