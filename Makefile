@@ -94,12 +94,23 @@ LEARNING_RUN_PLUS_THREE_RANKS := $(LEARNING_RUN_PLUS_RECALL) \
 # make a rewrite ahead in both likelier (README, "Kept by two ranks, best of 6").
 LEARNING_RUN_PLUS_TWO_RANKS_OF_SIX := $(LEARNING_RUN_PLUS_TWO_RANKS) --samples-per-context 6 --contexts-per-round 20
 
+# The two ranks in an environment that trains each sentence of a rewrite as one example instead of
+# each line (split_sentences), for learning and for judging alike. Stepped one sentence per line, the
+# two-rank generator's rewrites beat the untrained model's on both of the bar's measures on passages
+# 1-50 and, as declared before it ran, on 101-150 (README, "The same words stepped again"); its
+# generator was trained where line breaks alone bought optimiser steps. One sentence per example makes
+# more optimiser steps per update, so 20 contexts a round instead of 30 (the last
+# --contexts-per-round wins) keep the three rounds within the issue's 2.5 hours.
+SENTENCES := "split_sentences": true
+LEARNING_RUN_SENTENCES := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(ANSWER_SENTENCES), $(SENTENCES)}' \
+	--max-new-tokens 320 --keep-by log_likelihood,answer_sentence_log_likelihood --contexts-per-round 20
+
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall learning-run-plus-two-ranks learning-run-plus-three-ranks learning-run-plus-two-ranks-of-six grpo-run test
+.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall learning-run-plus-two-ranks learning-run-plus-three-ranks learning-run-plus-two-ranks-of-six learning-run-sentences grpo-run test
 
 install: $(STAMP)
 
@@ -147,6 +158,9 @@ learning-run-plus-three-ranks: $(STAMP)
 
 learning-run-plus-two-ranks-of-six: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_PLUS_TWO_RANKS_OF_SIX) --rounds 3 --output-dir results/learning_run/rest_em_rewrite_plus_two_ranks_of_six $(TRAIN_ARGS)
+
+learning-run-sentences: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_SENTENCES) --rounds 3 --output-dir results/learning_run/rest_em_sentences_two_ranks $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
