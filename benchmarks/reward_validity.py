@@ -102,9 +102,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # The same, scored by recall of the passage's answer-bearing sentences (no question): the reward
     # of the learning run that selects for coverage of the passage.
     "passage-plus-recall": {"reward_metric": "answer_sentence_log_likelihood", "include_passage": True, "baseline": "passage"},
-    # The chosen reward with one update example per sentence instead of per line, so that line breaks
-    # alone buy no optimiser steps (the learning run's derived self-edits showed that they did).
+    # The chosen reward, and the recall one, with one update example per sentence instead of per line,
+    # so that line breaks alone buy no optimiser steps (the learning run's derived self-edits showed
+    # that they did); the second is the reward of the learning run trained that way.
     "controlled-sentences": {"reward_metric": CONTROLLED, "split_sentences": True},
+    "passage-plus-recall-sentences": {"reward_metric": "answer_sentence_log_likelihood", "include_passage": True,
+                                      "baseline": "passage", "split_sentences": True},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
 ``control_passages`` is 1 unless a candidate sets it)."""

@@ -75,6 +75,18 @@ def test_benchmark_steps_every_kind_resumes_and_reports_every_statistic(data_fil
     assert again["restatement_positive_fraction"] == summary["restatement_positive_fraction"]
 
 
+@pytest.mark.parametrize("candidate", sorted(rv.CANDIDATES))
+def test_every_candidate_builds_its_environment_and_logs_its_settings(tmp_path, tiny_lm, candidate):
+    data_file = tmp_path / "four_passages.json"  # controlled-3 needs a context and 3 controls
+    data_file.write_text(json.dumps(PASSAGES + [{**PASSAGES[0], "title": "Another bridge"}]), encoding="utf-8")
+    benchmark = rv.RewardValidity(rv.ValidityConfig(data=data_file, out=tmp_path / "out", candidate=candidate, limit=4),
+                                  model=tiny_lm)
+    header = json.loads((tmp_path / "out" / f"{candidate}.log.jsonl").read_text().splitlines()[0])["config"]
+    settings = rv.CANDIDATES[candidate]
+    assert header["env"]["reward_metric"] == benchmark.env.reward_metric == settings.get("reward_metric", rv.CONTROLLED)
+    assert header["env"].get("split_sentences", False) == benchmark.env.split_sentences == settings.get("split_sentences", False)
+
+
 def test_statistics_on_hand_made_records():
     provenance = {"candidate": "x", "inner_loop": {"seed": 0}}
 
