@@ -42,6 +42,7 @@ from _knowledge_report import check_same_measurement, parse_run_row, read_run
 from seal_env.config_cli import parse_config
 from seal_env.tasks.knowledge import load_passages
 
+
 def recites(answer: str, passage: str, min_words: int) -> bool:
     """Whether ``answer`` holds ``min_words`` consecutive words (lower-cased alphanumeric runs) of ``passage``."""
     answer_words = words(answer)

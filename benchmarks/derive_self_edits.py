@@ -44,6 +44,7 @@ from seal_env.config_cli import parse_config
 from seal_env.jsonl import read_jsonl, split_header
 from seal_env.tasks.knowledge import parse_passages, sentence_lines, sentences
 
+
 def deduplicate_sentences(text: str) -> str:
     """``text`` without the sentences whose words (lower-cased alphanumeric runs) already occurred
     as a contiguous run earlier in it; lines left empty are dropped, the others keep their order."""

@@ -79,6 +79,8 @@ from seal_env.tasks.knowledge import SELF_EDIT_PROMPTS, KnowledgeIncorporationEn
 
 MODES = ("single", "cpt", "continual")
 DEFAULT_N_PASSAGES = {"cpt": 10, "continual": 8}
+SETTINGS_ADDED_LATER = ("first_passage", "split_sentences", "self_edit_format")
+"""Settings added after logs existed: the logs' headers hold one only when it is not at its default."""
 
 # Published results (SEAL paper, Table 2; Qwen2.5-7B, no-context QA accuracy graded by GPT-4.1),
 # by row key. The paper's "passage + synthetic" row used the base model's own implications, which is
@@ -411,9 +413,9 @@ class Benchmark:
             ResultLog(
                 config.out / "self_edits.jsonl",
                 {
-                    **{k: provenance[k] for k in ("data_sha256", "first_passage", "model", "generator_sha256") if k in provenance},
+                    **{k: provenance[k] for k in ("data_sha256", "model", "generator_sha256")},
                     **{k: getattr(config, k) for k in sample_settings},
-                    **self._format_setting(),
+                    **self._later_settings(("first_passage", "self_edit_format")),
                 },
                 ("source", "passage"),
             ),
@@ -454,8 +456,6 @@ class Benchmark:
         c = self.config
         return {
             "data_sha256": file_digest(c.data),
-            # Absent for the default, so that logs written before the option existed still resume.
-            **({"first_passage": c.first_passage} if c.first_passage else {}),
             "model": c.model or self.model_label,
             "generator_sha256": file_digest(c.generator) if c.generator else None,
             "inner_loop": self.env.inner_loop.to_dict(),
@@ -464,16 +464,14 @@ class Benchmark:
             "sample_tokens": c.sample_tokens,
             "temperature": c.temperature,
             "max_answer_tokens": c.max_answer_tokens,
-            # Absent when off, so that logs written before the option existed still resume.
-            **({"split_sentences": True} if c.split_sentences else {}),
-            **self._format_setting(),
+            **self._later_settings(),
         }
 
-    def _format_setting(self) -> dict[str, str]:
-        """The self-edit format for the logs' headers; absent for the default, so that logs written
-        before the option existed still resume."""
-        default = BenchmarkConfig.__dataclass_fields__["self_edit_format"].default
-        return {} if self.config.self_edit_format == default else {"self_edit_format": self.config.self_edit_format}
+    def _later_settings(self, names: Sequence[str] = SETTINGS_ADDED_LATER) -> dict[str, Any]:
+        """Those of ``names`` that are not at their default, for the logs' headers: a setting added after
+        logs existed is absent at its default, so that logs written before it existed still resume."""
+        defaults = BenchmarkConfig.__dataclass_fields__
+        return {name: getattr(self.config, name) for name in names if getattr(self.config, name) != defaults[name].default}
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
