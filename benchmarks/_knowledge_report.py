@@ -54,16 +54,20 @@ def parse_run_row(text: str) -> tuple[Path, str]:
     return Path(folder), row
 
 
+def data_index(settings: dict[str, Any], entry: dict[str, Any]) -> int:
+    """The index in the data file of a logged entry's passage: a run started with ``--first-passage N``
+    logs its passages from 0."""
+    return settings.get("first_passage", 0) + entry["passage"]
+
+
 def read_run(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
     """``(settings, {(row, passage): record})`` of a single-mode run's log, ``passage`` the index in the
-    data file (a run started with ``--first-passage N`` logs its passages from 0); a last line cut short
-    by a run still writing is left out."""
+    data file (:func:`data_index`); a last line cut short by a run still writing is left out."""
     path = folder / LOG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no knowledge-benchmark log (run knowledge_incorporation.py --out {folder})")
     settings, entries = split_header(read_jsonl(path, repair=False), path)  # read-only: the run may still be writing
-    first = settings.get("first_passage", 0)
-    records = {(entry["row"], first + entry["passage"]): entry for entry in entries if "row" in entry and "passage" in entry}
+    records = {(entry["row"], data_index(settings, entry)): entry for entry in entries if "row" in entry and "passage" in entry}
     if settings.get("mode") != "single":
         raise ValueError(f"{path}: a {settings.get('mode')!r} run; only single-passage runs pair by passage")
     return settings, records

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from _common import main_exit_code, markdown_table, trigram_repetition, words, write_json
+from _knowledge_report import data_index
 from knowledge_incorporation import available_rows
 from seal_env.config_cli import parse_config
 from seal_env.jsonl import read_jsonl, split_header
@@ -95,8 +96,7 @@ def _logged_texts(folder: Path, row: str) -> dict[int, list[str]]:
     if not cache.is_file():
         raise FileNotFoundError(f"{cache}: no sampled self-edits (a knowledge_incorporation.py --out folder)")
     settings, entries = split_header(read_jsonl(cache, repair=False), cache)
-    first = settings.get("first_passage", 0)  # the run's passage indices count from its first passage
-    logged = {first + e["passage"]: e["texts"] for e in entries if e["source"] == row}
+    logged = {data_index(settings, e): e["texts"] for e in entries if e["source"] == row}
     if not logged:
         raise ValueError(f"{cache}: no self-edits of row {row!r}")
     return logged
