@@ -99,7 +99,7 @@ class TrainConfig:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "inner_loop": self.inner_loop.to_dict()}
 
 
 def derive_seed(seed: int, round_index: int, phase: str) -> int:

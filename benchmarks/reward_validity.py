@@ -108,6 +108,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "controlled-sentences": {"reward_metric": CONTROLLED, "split_sentences": True},
     "passage-plus-recall-sentences": {"reward_metric": "answer_sentence_log_likelihood", "include_passage": True,
                                       "baseline": "passage", "split_sentences": True},
+    # The same two rewards with a fixed budget of optimiser steps per update (about five epochs of a
+    # typical self-edit's examples), so that no self-edit buys steps with more lines or sentences.
+    "controlled-30-steps": {"reward_metric": CONTROLLED, "inner_loop": InnerLoopConfig(max_steps=30)},
+    "passage-plus-recall-60-steps": {"reward_metric": "answer_sentence_log_likelihood", "include_passage": True,
+                                     "baseline": "passage", "inner_loop": InnerLoopConfig(max_steps=60)},
 }
 """Environment keyword arguments of each candidate (``inner_loop`` replaces the whole config;
 ``control_passages`` is 1 unless a candidate sets it)."""

@@ -50,7 +50,12 @@ class InnerLoopConfig:
     learning_rate: float = 1e-3
     """AdamW learning rate (constant)."""
     epochs: int = 5
-    """Passes over the training examples."""
+    """Passes over the training examples (unused when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """When set, exactly this many optimiser steps per update, over as many seeded shuffled passes as
+    they take (the last one cut short), whatever the number of examples: as in transformers'
+    ``TrainingArguments.max_steps``, it overrides ``epochs``. A fixed budget keeps a self-edit's
+    length from buying it optimiser steps."""
     batch_size: int = 1
     """Sequences per optimiser step."""
     max_tokens_per_example: int = 256
@@ -72,6 +77,8 @@ class InnerLoopConfig:
             problems.append(f"learning_rate must be a positive finite number, got {self.learning_rate}")
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_tokens_per_example < 2:
@@ -99,7 +106,11 @@ class InnerLoopConfig:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        settings = asdict(self)
+        if self.max_steps is None:
+            # Absent when off, so that logs and runs written before the option existed still resume.
+            del settings["max_steps"]
+        return settings
 
 
 @dataclass
@@ -192,12 +203,15 @@ def prepare_update(tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan) -> Pr
     )
     if not tokenized:
         result.error = "no training examples with at least one target token"
+    update = PreparedUpdate(config, tokenized, [], result)
     shuffle = torch.Generator().manual_seed(config.seed)
-    batches = []
-    for epoch in range(config.epochs if tokenized else 0):
+    passes = config.epochs if config.max_steps is None else math.ceil(config.max_steps / max(update.steps_per_epoch, 1))
+    for epoch in range(passes if tokenized else 0):
         order = torch.randperm(len(tokenized), generator=shuffle).tolist()
-        batches += [(epoch, order[first : first + config.batch_size]) for first in range(0, len(order), config.batch_size)]
-    return PreparedUpdate(config, tokenized, batches, result)
+        update.batches += [(epoch, order[first : first + config.batch_size]) for first in range(0, len(order), config.batch_size)]
+    if config.max_steps is not None:
+        del update.batches[config.max_steps :]  # the last pass cut short
+    return update
 
 
 @contextmanager

@@ -446,6 +446,16 @@ def test_where_steps_run_is_checked_and_not_compared_on_resume(tmp_path):
         check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True))
 
 
+def test_a_run_saved_before_the_step_budget_resumes_and_a_budget_is_a_changed_setting(tmp_path):
+    first = TrainConfig(output_dir=str(tmp_path), rounds=1)
+    saved = first.to_dict()
+    assert "max_steps" not in saved["inner_loop"]  # what config.json held before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True))
+    with pytest.raises(TrainSetupError, match="inner_loop"):
+        check_run_folder(TrainConfig(output_dir=str(tmp_path), rounds=1, resume=True, inner_loop=InnerLoopConfig(max_steps=30)))
+
+
 def test_learning_verdict_says_plainly_whether_the_change_is_evidence():
     from agents.held_out import learning_verdict
 

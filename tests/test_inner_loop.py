@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import weights_digest
-from seal_env.inner_loop import InnerLoopConfig, adapted, clip_grad_norms_
+from seal_env.inner_loop import InnerLoopConfig, TrainingPlan, adapted, clip_grad_norms_, prepare_update
 from seal_env.lm import TrainingExample, tokenize_example
 from seal_env.scoring import answer_log_likelihoods
 
@@ -91,8 +91,29 @@ def test_no_usable_examples_is_an_error_not_a_crash(tiny_lm):
         assert run.result.error and run.result.steps == 0
 
 
+def test_a_step_budget_takes_the_same_steps_whatever_the_number_of_examples(tiny_lm):
+    model, tokenizer = tiny_lm
+    more_facts = FACTS + [TrainingExample(f"Fact number {i} is true.") for i in range(3)]
+    for examples in (FACTS, more_facts):
+        budget = InnerLoopConfig(max_steps=7, batch_size=2, epochs=1, learning_rate=1e-2)
+        schedule = prepare_update(tokenizer, TrainingPlan(examples, budget)).batches
+        # The epochs' own schedule, cut at the budget: the same seeded passes, the last one cut short.
+        long_schedule = prepare_update(tokenizer, TrainingPlan(examples, InnerLoopConfig(epochs=20, batch_size=2))).batches
+        assert schedule == long_schedule[:7]
+        seen = [i for _, batch in schedule for i in batch]
+        assert set(seen) == set(range(len(examples)))
+        with adapted(model, tokenizer, examples, budget) as run:
+            assert run.result.error is None and run.result.steps == 7
+
+
+def test_the_step_budget_is_left_out_of_the_settings_when_off():
+    assert "max_steps" not in InnerLoopConfig().to_dict()  # logs written before the option still resume
+    assert InnerLoopConfig(**InnerLoopConfig(max_steps=30).to_dict()) == InnerLoopConfig(max_steps=30)
+
+
 @pytest.mark.parametrize(
-    "bad", [dict(rank=0), dict(learning_rate=float("nan")), dict(epochs=0), dict(loss_on="prompt"), dict(dropout=1.0)]
+    "bad", [dict(rank=0), dict(learning_rate=float("nan")), dict(epochs=0), dict(loss_on="prompt"), dict(dropout=1.0),
+            dict(max_steps=0)]
 )
 def test_invalid_config_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="invalid InnerLoopConfig"):

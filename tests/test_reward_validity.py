@@ -85,6 +85,8 @@ def test_every_candidate_builds_its_environment_and_logs_its_settings(tmp_path, 
     settings = rv.CANDIDATES[candidate]
     assert header["env"]["reward_metric"] == benchmark.env.reward_metric == settings.get("reward_metric", rv.CONTROLLED)
     assert header["env"].get("split_sentences", False) == benchmark.env.split_sentences == settings.get("split_sentences", False)
+    inner_loop = settings.get("inner_loop", rv.InnerLoopConfig())
+    assert header["inner_loop"] == benchmark.env.inner_loop.to_dict() == inner_loop.to_dict()
 
 
 def test_statistics_on_hand_made_records():
