@@ -280,9 +280,13 @@ class RewardValidity:
                         self.log.append(self.step(index, kind, text, seed))
                 bar.update()
         self.env.inner_loop = replace(self.env.inner_loop, seed=base_seed)
-        summary = summarise(list(self.log), len(self.passages), self._provenance())
+        # Only this run's (passage, seed) steps: a shorter --limit or --retest-limit over a longer
+        # run's log summarises the shorter screen.
+        planned = set(work)
+        records = [r for r in self.log if (r["passage"], r["seed"]) in planned]
+        summary = summarise(records, len(self.passages), self._provenance())
         if self.env.reward_metric != CONTROLLED:
-            derived = summarise(damage_controlled(list(self.log)), len(self.passages), self._provenance())
+            derived = summarise(damage_controlled(records), len(self.passages), self._provenance())
             derived["candidate"] = f"{config.candidate}, damage-controlled (same steps)"
             summary["damage_controlled"] = derived
         summary["environment"] = run_environment()

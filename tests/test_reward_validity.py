@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,9 @@ def test_benchmark_steps_every_kind_resumes_and_reports_every_statistic(data_fil
     monkeypatch.setattr(rv.RewardValidity, "step", lambda *a, **k: pytest.fail("stepped again"))
     again = rv.RewardValidity(config, model=tiny_lm).run()
     assert again["restatement_positive_fraction"] == summary["restatement_positive_fraction"]
+    # A shorter screen over the same log summarises only its own steps.
+    shorter = rv.RewardValidity(replace(config, limit=2, retest_limit=1), model=tiny_lm).run()
+    assert shorter["n_passages"] == 2 and shorter["n_steps"] == 7 * (2 + 1)
 
 
 @pytest.mark.parametrize("candidate", sorted(rv.CANDIDATES))
