@@ -159,6 +159,9 @@ class BenchmarkConfig:
     """Inner model: ``None`` for the embedded default, else a Hugging Face id or local folder."""
     inner_loop: Literal["default", "seal"] = "default"
     """``default`` (InnerLoopConfig(): tuned for the small CPU model) or ``seal`` (the paper's)."""
+    inner_max_steps: int | None = None
+    """A fixed number of optimiser steps per update instead of the preset's epochs
+    (``InnerLoopConfig.max_steps``): judge a generator with the step budget it was trained with."""
     seed: int = 0
     """Seeds self-edit sampling (passage i uses seed + i) and the bootstrap."""
     sample_tokens: int = 256
@@ -209,7 +212,8 @@ class BenchmarkConfig:
                 raise FileNotFoundError(f"--reuse-rows-from {self.reuse_rows_from}: no single.log.jsonl there")
         if self.mode != "single" and self.n_passages is None:
             self.n_passages = DEFAULT_N_PASSAGES[self.mode]
-        for name in ("limit", "n_passages", "self_edits_per_passage", "sample_tokens", "bootstrap_resamples", "threads"):
+        for name in ("limit", "n_passages", "self_edits_per_passage", "sample_tokens", "bootstrap_resamples", "threads",
+                     "inner_max_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -224,6 +228,7 @@ class BenchmarkConfig:
 
     def inner_loop_config(self) -> InnerLoopConfig:
         config = InnerLoopConfig.seal() if self.inner_loop == "seal" else InnerLoopConfig()
+        config = replace(config, max_steps=self.inner_max_steps)
         if self.mode == "cpt":
             # A whole self-edit is one sequence here; GPT-4.1's run to ~500 tokens, which the
             # single-passage default (256) would cut.

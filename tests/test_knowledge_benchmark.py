@@ -348,6 +348,16 @@ def test_split_sentences_trains_each_sampled_sentence_and_is_part_of_the_logs_se
         bench.Benchmark(make_config(data_file, out, rows=["untrained"]), model=tiny_lm)
 
 
+def test_a_step_budget_fixes_every_updates_steps_and_is_part_of_the_logs_settings(data_file, tmp_path, tiny_lm):
+    out = tmp_path / "out"
+    bench.Benchmark(make_config(data_file, out, rows=["passage"], inner_max_steps=3), model=tiny_lm).run()
+    records = log_records(out / "single.log.jsonl")
+    assert records and all(r["train"]["steps"] == 3 for r in records)
+    assert json.loads((out / "single.log.jsonl").read_text(encoding="utf-8").splitlines()[0])["config"]["inner_loop"]["max_steps"] == 3
+    with pytest.raises(ValueError, match="inner_loop"):  # its log was trained with the budget
+        bench.Benchmark(make_config(data_file, out, rows=["passage"]), model=tiny_lm)
+
+
 def test_first_passage_evaluates_later_passages_in_their_own_logs(data_file, tmp_path, tiny_lm):
     out = tmp_path / "out"
     benchmark = bench.Benchmark(make_config(data_file, out, rows=["base"], first_passage=1, limit=1), model=tiny_lm)
@@ -372,6 +382,7 @@ def test_first_passage_evaluates_later_passages_in_their_own_logs(data_file, tmp
         (dict(first_passage=2), "has only 2 passages"),
         (dict(mode="cpt", first_passage=1), "--first-passage"),
         (dict(mode="cpt", split_sentences=True), "--split-sentences"),
+        (dict(inner_max_steps=0), "inner_max_steps must be >= 1"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(data_file, tmp_path, tiny_lm, overrides, message):
