@@ -205,8 +205,13 @@ def prepare_update(tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan) -> Pr
         result.error = "no training examples with at least one target token"
     update = PreparedUpdate(config, tokenized, [], result)
     shuffle = torch.Generator().manual_seed(config.seed)
-    passes = config.epochs if config.max_steps is None else math.ceil(config.max_steps / max(update.steps_per_epoch, 1))
-    for epoch in range(passes if tokenized else 0):
+    if not tokenized:
+        passes = 0
+    elif config.max_steps is None:
+        passes = config.epochs
+    else:
+        passes = math.ceil(config.max_steps / update.steps_per_epoch)
+    for epoch in range(passes):
         order = torch.randperm(len(tokenized), generator=shuffle).tolist()
         update.batches += [(epoch, order[first : first + config.batch_size]) for first in range(0, len(order), config.batch_size)]
     if config.max_steps is not None:
