@@ -105,12 +105,19 @@ SENTENCES := "split_sentences": true
 LEARNING_RUN_SENTENCES := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(PASSAGE_PLUS), $(ANSWER_SENTENCES), $(SENTENCES)}' \
 	--max-new-tokens 320 --keep-by log_likelihood,answer_sentence_log_likelihood --contexts-per-round 20
 
+# The twelfth run's recipe and rule (two ranks, best of 4, one example per line) with every update given
+# exactly 60 optimiser steps (--inner-max-steps), so that neither more lines nor more sentences buy steps:
+# trained where each sentence bought steps, the fifteenth generator kept longer, repetitive rewrites
+# (README, "Kept by two ranks, one example per sentence"). 60 is about five epochs of a typical
+# passage plus self-edit (README, "Reward validity", the `passage-plus-recall-60-steps` candidate).
+LEARNING_RUN_STEP_BUDGET := $(LEARNING_RUN_PLUS_TWO_RANKS) --inner-max-steps 60
+
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
 GRPO_RECIPE := --env seal_env/KnowledgeIncorporation-v0 --agent grpo --num-generations 4 --reward-signal gain \
 	--learning-rate 1e-4 --temperature 0.5
 
-.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall learning-run-plus-two-ranks learning-run-plus-three-ranks learning-run-plus-two-ranks-of-six learning-run-sentences grpo-run test
+.PHONY: install train learning-run learning-run-plus learning-run-plus-ll learning-run-plus-contains learning-run-plus-ll-hot learning-run-implications-plus-ll learning-run-plus-contains-room learning-run-plus-recall learning-run-plus-two-ranks learning-run-plus-three-ranks learning-run-plus-two-ranks-of-six learning-run-sentences learning-run-step-budget grpo-run test
 
 install: $(STAMP)
 
@@ -161,6 +168,9 @@ learning-run-plus-two-ranks-of-six: $(STAMP)
 
 learning-run-sentences: $(STAMP)
 	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_SENTENCES) --rounds 3 --output-dir results/learning_run/rest_em_sentences_two_ranks $(TRAIN_ARGS)
+
+learning-run-step-budget: $(STAMP)
+	$(VENV)/bin/seal-env train $(RECIPE) $(LEARNING_RUN_STEP_BUDGET) --rounds 3 --output-dir results/learning_run/rest_em_step_budget_two_ranks $(TRAIN_ARGS)
 
 grpo-run: $(STAMP)
 	$(VENV)/bin/seal-env train $(GRPO_RECIPE) $(LEARNING_RUN) --rounds 3 --output-dir results/learning_run/grpo $(TRAIN_ARGS)
