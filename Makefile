@@ -110,7 +110,9 @@ LEARNING_RUN_SENTENCES := $(LEARNING_BUDGET) --env-kwargs '{$(LEARNING_DATA), $(
 # trained where each sentence bought steps, the fifteenth generator kept longer, repetitive rewrites
 # (README, "Kept by two ranks, one example per sentence"). 60 is about five epochs of a typical
 # passage plus self-edit (README, "Reward validity", the `passage-plus-recall-60-steps` candidate).
-LEARNING_RUN_STEP_BUDGET := $(LEARNING_RUN_PLUS_TWO_RANKS) --inner-max-steps 60
+# 60 steps per update are about the fifteenth run's (LEARNING_RUN_SENTENCES), so 20 contexts a round
+# as there (the last --contexts-per-round wins) keep the three rounds within the issue's 2.5 hours.
+LEARNING_RUN_STEP_BUDGET := $(LEARNING_RUN_PLUS_TWO_RANKS) --inner-max-steps 60 --contexts-per-round 20
 
 # GRPO (TRL) on the same data, prompt, temperature and budget (4 self-edits per context), maximising
 # the dense damage-controlled gain rather than the binary reward: one optimiser step per group.
